@@ -1,0 +1,287 @@
+"""Classifiers as pure functions: the PUE small CNN and the CIFAR ResNet-18.
+
+Each model is a flax (linen) module wrapped into a functional `Model` with
+
+* ``init(key, input_shape) -> variables`` where ``variables`` is
+  ``{"params": ..., "batch_stats": ...}``, and
+* ``apply(variables, images, train) -> (logits, batch_stats)``: ``images`` are
+  float32 NHWC in [0, 1]; in train mode batch norm uses batch statistics and
+  the updated running statistics are returned, in eval mode the running
+  statistics are used and returned unchanged.
+
+Keeping parameters, statistics and optimizer state as explicit pytrees is what
+lets the certifier `jax.vmap`/`lax.map` over perturbed parameters and the
+noise crafters differentiate with respect to inputs with frozen weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import functools
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Variables = dict[str, Any]
+
+# PyTorch's BatchNorm2d defaults (momentum 0.1 of the new value, eps 1e-5),
+# which the reference implementations use.
+_BN = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+class Model(NamedTuple):
+  """A classifier in functional form.
+
+  Attributes:
+    init: ``init(key, input_shape) -> variables`` with ``input_shape`` one
+      image's (H, W, C) or a batch's (B, H, W, C).
+    apply: ``apply(variables, images, train) -> (logits, batch_stats)``.
+    num_classes: number of output logits.
+    name: a short human-readable description, e.g. ``"small_cnn(16,32,64)"``.
+  """
+
+  init: Callable[[jax.Array, Sequence[int]], Variables]
+  apply: Callable[[Variables, jax.Array, bool], tuple[jax.Array, Any]]
+  num_classes: int
+  name: str
+
+
+CONV_IMPLS = ("auto", "hybrid", "im2col", "lax")
+
+
+def _conv_lax(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (strides, strides), ((padding, padding),) * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_im2col(x, kernel, strides, padding):
+  kh, kw, cin, cout = kernel.shape
+  if padding:
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  n, h, w, _ = x.shape
+  out_h = (h - kh) // strides + 1
+  out_w = (w - kw) // strides + 1
+  windows = [
+      jax.lax.slice(x, (0, i, j, 0),
+                    (n, i + strides * (out_h - 1) + 1,
+                     j + strides * (out_w - 1) + 1, cin),
+                    (1, strides, strides, 1))
+      for i in range(kh) for j in range(kw)]
+  patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, -1)
+  return jnp.einsum("nhwk,ko->nhwo", patches,
+                    kernel.reshape(kh * kw * cin, cout))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_hybrid(x, kernel, strides, padding):
+  return _conv_lax(x, kernel, strides, padding)
+
+
+def _conv_hybrid_fwd(x, kernel, strides, padding):
+  return _conv_lax(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_hybrid_bwd(strides, padding, residuals, grad):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, k: _conv_im2col(x, k, strides, padding), x,
+                   kernel)
+  return vjp(grad)
+
+
+_conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int = 1,
+           padding: int = 0, impl: str = "auto") -> jax.Array:
+  """NHWC x HWIO convolution with a choice of how it is computed.
+
+  * ``"lax"``: XLA's convolution, forward and gradients.
+  * ``"im2col"``: the kh*kw shifted (strided) windows of the padded input are
+    stacked along the channel axis and multiplied by the reshaped kernel, so
+    the forward pass and both gradients are plain matrix products.
+  * ``"hybrid"``: XLA's convolution forward, im2col's gradients (a
+    `jax.custom_vjp`).
+  * ``"auto"``: ``"hybrid"`` on the CPU, ``"lax"`` (cuDNN) elsewhere.
+
+  Why: on XLA:CPU the convolution's gradients run 10-60x slower inside
+  `lax.scan`/`fori_loop` bodies -- where jaxue runs all training -- than
+  outside them, while matrix products do not slow down; XLA's forward
+  convolution stays the fastest forward pass. All impls compute the same
+  function and gradients to float32 rounding (tested).
+  """
+  if impl == "auto":
+    impl = "hybrid" if jax.default_backend() == "cpu" else "lax"
+  if impl == "lax":
+    return _conv_lax(x, kernel, strides, padding)
+  if impl == "im2col":
+    return _conv_im2col(x, kernel, strides, padding)
+  if impl == "hybrid":
+    return _conv_hybrid(x, kernel, strides, padding)
+  raise ValueError(f"unknown conv impl {impl!r}; choose one of {CONV_IMPLS}")
+
+
+class Conv(nn.Module):
+  """A bias-free square convolution with `nn.Conv`'s parameter layout."""
+
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: int = 1
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.initializers.lecun_normal(),
+        (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    return conv2d(x, kernel, strides=self.strides, padding=self.padding,
+                  impl=self.impl)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 (floor mode), written as a reshape.
+
+  Numerically identical to ``nn.max_pool(x, (2, 2), (2, 2))`` but its
+  gradient is a cheap select instead of XLA's generic select-and-scatter,
+  which DESIGN.md measured as faster for SGD steps on XLA:CPU.
+  """
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+  x = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  return x.max(axis=(2, 4))
+
+
+class SmallCNN(nn.Module):
+  """The PUE authors' small CNN (Wang et al., NDSS 2025, Sec. 6.1).
+
+  Three blocks of conv3x3 - BN - ReLU - 2x2 max-pool, global average pooling
+  and a linear classifier. ``widths=(64, 128, 256)`` is the published model;
+  CPU experiments use narrower ones, e.g. ``(16, 32, 64)``.
+  """
+
+  num_classes: int = 10
+  widths: Sequence[int] = (64, 128, 256)
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for width in self.widths:
+      x = Conv(width, impl=self.conv_impl)(x)
+      x = _BN(use_running_average=not train)(x)
+      x = nn.relu(x)
+      x = max_pool_2x2(x)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+class BasicBlock(nn.Module):
+  """ResNet basic block (He et al., 2016) with a 1x1 projection shortcut."""
+
+  features: int
+  strides: int = 1
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = functools.partial(_BN, use_running_average=not train)
+    conv = functools.partial(Conv, impl=self.conv_impl)
+    y = conv(self.features, strides=self.strides)(x)
+    y = nn.relu(bn()(y))
+    y = conv(self.features)(y)
+    y = bn()(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = conv(self.features, 1, self.strides, padding=0)(x)
+      x = bn()(x)
+    return nn.relu(x + y)
+
+
+class ResNet18(nn.Module):
+  """CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool, blocks [2, 2, 2, 2]."""
+
+  num_classes: int = 10
+  widths: Sequence[int] = (64, 128, 256, 512)
+  conv_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = Conv(self.widths[0], impl=self.conv_impl)(x)
+    x = nn.relu(_BN(use_running_average=not train)(x))
+    for stage, width in enumerate(self.widths):
+      for block in range(2):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(width, strides, self.conv_impl)(x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+def functional(module: nn.Module, name: str) -> Model:
+  """Wraps a linen module taking ``(x, train)`` into a `Model`."""
+
+  def init(key: jax.Array, input_shape: Sequence[int]) -> Variables:
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+      shape = (1, *shape)
+    if len(shape) != 4:
+      raise ValueError(
+          f"input_shape must be (H, W, C) or (B, H, W, C), got {input_shape}")
+    variables = module.init(key, jnp.zeros(shape, jnp.float32), train=False)
+    return {"params": variables["params"],
+            "batch_stats": variables.get("batch_stats", {})}
+
+  def apply(variables: Variables, images: jax.Array,
+            train: bool = False) -> tuple[jax.Array, Any]:
+    if train:
+      logits, updates = module.apply(variables, images, train=True,
+                                     mutable=["batch_stats"])
+      return logits, updates["batch_stats"]
+    return module.apply(variables, images, train=False), variables[
+        "batch_stats"]
+
+  return Model(init=init, apply=apply,
+               num_classes=module.num_classes, name=name)
+
+
+MODELS = ("small_cnn", "resnet18")
+
+
+def make_model(name: str = "small_cnn", *, num_classes: int = 10,
+               widths: Sequence[int] | None = None,
+               conv_impl: str = "auto") -> Model:
+  """Builds a functional model by name.
+
+  Args:
+    name: ``"small_cnn"`` or ``"resnet18"``.
+    num_classes: number of classes.
+    widths: channel widths per block/stage; ``None`` for the published ones
+      (64/128/256 for the small CNN, 64-512 for ResNet-18).
+    conv_impl: how convolutions are computed (see `conv2d`).
+
+  Returns:
+    A `Model`.
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(
+        f"unknown conv impl {conv_impl!r}; choose one of {CONV_IMPLS}")
+  if num_classes < 2:
+    raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+  if name == "small_cnn":
+    widths = tuple(widths or (64, 128, 256))
+    module = SmallCNN(num_classes=num_classes, widths=widths,
+                      conv_impl=conv_impl)
+  elif name == "resnet18":
+    widths = tuple(widths or (64, 128, 256, 512))
+    if len(widths) != 4:
+      raise ValueError(f"resnet18 needs 4 stage widths, got {widths}")
+    module = ResNet18(num_classes=num_classes, widths=widths,
+                      conv_impl=conv_impl)
+  else:
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
+  return functional(module, f"{name}({','.join(map(str, widths))})")
+
+
+def count_params(variables: Variables) -> int:
+  """Number of trainable parameters."""
+  return sum(x.size for x in jax.tree.leaves(variables["params"]))

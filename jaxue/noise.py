@@ -1,0 +1,427 @@
+"""Protective noise: error-minimizing (EM) noise, random noise, and release.
+
+Error-minimizing noise (Huang et al., "Unlearnable Examples", ICLR 2021,
+Sec. 3 and Algorithm 1) solves the bi-level min-min problem
+
+    min_theta sum_i min_{||delta_i||_inf <= eps} CE(f_theta(x_i + delta_i), y_i)
+
+by alternating M surrogate SGD steps (train mode) on ``x + delta`` with a
+noise sweep (eval mode, theta frozen) of K PGD *descent* steps, until the
+surrogate's accuracy on the noisy data reaches ``1 - stop_error``.
+
+* sample-wise: one perturbation per image; noise index i is image i, always.
+* class-wise: one perturbation per class, updated on a stratified subset
+  (20% by default) with one PGD step per batch, after which each class's
+  noise becomes the eps-clipped mean of that class's stepped copies.
+
+Each round (M train steps, the sweep, the stop check) is one jitted call;
+only the loop over rounds runs in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxue import data as data_lib
+from jaxue import pgd as pgd_lib
+from jaxue import train as train_lib
+from jaxue.train import TrainState
+
+MODES = ("samplewise", "classwise")
+
+
+def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
+  """Validates an L-inf budget in [0, 1] pixel units."""
+  epsilon = float(epsilon)
+  if not np.isfinite(epsilon) or epsilon <= 0 or epsilon > 1:
+    raise ValueError(
+        f"{name} must be in (0, 1] (pixel units, e.g. 8/255 = 0.0314), "
+        f"got {epsilon}")
+  return epsilon
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"unknown noise mode {mode!r}; choose one of {MODES}")
+
+
+def random_noise(key: jax.Array, shape, *, epsilon: float = 8 / 255
+                 ) -> jax.Array:
+  """The random-noise baseline: i.i.d. U(-eps, eps) per pixel."""
+  epsilon = check_epsilon(epsilon)
+  return jax.random.uniform(key, tuple(shape), jnp.float32, -epsilon,
+                            epsilon)
+
+
+def noise_for(noise: jax.Array, indices: jax.Array, labels: jax.Array,
+              classwise: bool) -> jax.Array:
+  """The perturbations of a batch: by label (class-wise) or by index."""
+  return noise[labels] if classwise else noise[indices]
+
+
+def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
+            epsilon: float | None = None) -> np.ndarray:
+  """The data owner's release: ``round(clip(x + delta, 0, 1) * 255)``.
+
+  The noise keeps its sign (the reference UE evaluation clamps it to be
+  non-negative, dropping half of it; jaxue does not).
+
+  Args:
+    images: uint8 NHWC clean images.
+    labels: int labels (used to pick class-wise noise).
+    noise: float perturbation, (N, H, W, C) sample-wise or
+      (num_classes, H, W, C) class-wise, in [-1, 1].
+    epsilon: if given, also check ``max |noise| <= epsilon``.
+
+  Returns:
+    The protected uint8 images, same shape as ``images``.
+  """
+  images = np.asarray(images)
+  labels = np.asarray(labels)
+  noise = np.asarray(noise)
+  data_lib.check_dataset(images, labels)
+  if noise.ndim != 4 or noise.shape[1:] != images.shape[1:]:
+    raise ValueError(
+        f"noise must have shape (N or num_classes, {', '.join(map(str, images.shape[1:]))}), "
+        f"got {noise.shape}")
+  if not np.issubdtype(noise.dtype, np.floating):
+    raise ValueError(f"noise must be a float array, got {noise.dtype}")
+  if not np.all(np.isfinite(noise)):
+    raise ValueError("noise contains NaN or infinite values")
+  bound = np.abs(noise).max(initial=0.0)
+  if bound > 1:
+    raise ValueError(
+        f"noise must be in [-1, 1] pixel units (got max |noise| = {bound:.3f});"
+        " was it given in 0-255 units?")
+  if epsilon is not None and bound > check_epsilon(epsilon) + 1e-6:
+    raise ValueError(
+        f"noise exceeds its budget: max |noise| = {bound:.5f} > eps = "
+        f"{epsilon:.5f}")
+  if noise.shape[0] == images.shape[0]:
+    per_image = noise
+  elif labels.max(initial=0) < noise.shape[0]:
+    per_image = noise[labels]
+  else:
+    raise ValueError(
+        f"noise has {noise.shape[0]} entries: neither one per image "
+        f"({images.shape[0]}) nor one per class (labels go up to "
+        f"{labels.max()})")
+  x = images.astype(np.float32) / 255.0 + per_image.astype(np.float32)
+  return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+class EMConfig(NamedTuple):
+  """Hyperparameters of EM crafting (defaults: Huang et al. 2021, Sec. 4).
+
+  Attributes:
+    mode: ``"samplewise"`` or ``"classwise"``.
+    epsilon: L-inf budget.
+    step_size: PGD step alpha (eps / 10 when None).
+    pgd_steps: K, PGD steps per batch (20 sample-wise, 1 class-wise).
+    train_steps: M, surrogate SGD steps per round.
+    batch_size: batch size of the surrogate steps.
+    sweep_batch_size: batch size of the noise sweep and stop check. The
+      sweep runs in eval mode, so for sample-wise noise this only changes
+      speed; class-wise averages over each batch, so it is part of the
+      recipe (128, as the surrogate batch, when None).
+    stop_error: stop when accuracy on noisy data >= 1 - stop_error
+      (0.01 sample-wise, 0.1 class-wise when None).
+    subset_fraction: class-wise only: the stratified fraction of the
+      training set used for the sweep and the stop check.
+    max_rounds: give up after this many rounds.
+  """
+
+  mode: str = "samplewise"
+  epsilon: float = 8 / 255
+  step_size: float | None = None
+  pgd_steps: int | None = None
+  train_steps: int = 10
+  batch_size: int = 128
+  sweep_batch_size: int | None = None
+  stop_error: float | None = None
+  subset_fraction: float = 0.2
+  max_rounds: int = 100
+
+  def resolved(self) -> EMConfig:
+    """The config with every None replaced by the mode's default."""
+    _check_mode(self.mode)
+    epsilon = check_epsilon(self.epsilon)
+    classwise = self.mode == "classwise"
+    cfg = self._replace(
+        epsilon=epsilon,
+        step_size=self.step_size or epsilon / 10,
+        pgd_steps=self.pgd_steps if self.pgd_steps is not None else (
+            1 if classwise else 20),
+        sweep_batch_size=self.sweep_batch_size or self.batch_size,
+        stop_error=self.stop_error if self.stop_error is not None else (
+            0.1 if classwise else 0.01))
+    if cfg.step_size <= 0:
+      raise ValueError(f"step_size must be > 0, got {cfg.step_size}")
+    if not 0 <= cfg.stop_error < 1:
+      raise ValueError(f"stop_error must be in [0, 1), got {cfg.stop_error}")
+    if not 0 < cfg.subset_fraction <= 1:
+      raise ValueError(
+          f"subset_fraction must be in (0, 1], got {cfg.subset_fraction}")
+    for name in ("pgd_steps", "train_steps", "batch_size", "sweep_batch_size",
+                 "max_rounds"):
+      if getattr(cfg, name) < (0 if name == "pgd_steps" else 1):
+        raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    return cfg
+
+
+class CraftResult(NamedTuple):
+  """Output of a crafting run.
+
+  Attributes:
+    noise: float32 perturbations, (N, H, W, C) or (num_classes, H, W, C).
+    surrogate: the surrogate's final state (what certification uses).
+    history: per-round ``{"accuracy", "seconds"}`` lists.
+    converged: whether the stop condition was met.
+  """
+
+  noise: np.ndarray
+  surrogate: TrainState
+  history: dict[str, list]
+  converged: bool
+
+
+# The per-sample loss whose input gradient drives the noise; EM uses the
+# frozen surrogate in eval mode. Signature: (state, x, y, key) -> scalar sum.
+NoiseLoss = Callable[[TrainState, jax.Array, jax.Array, jax.Array], jax.Array]
+SurrogateStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def eval_loss(state: TrainState, x: jax.Array, y: jax.Array,
+              key: jax.Array) -> jax.Array:
+  """Summed cross-entropy of the frozen surrogate in eval mode."""
+  del key  # Deterministic.
+  logits, _ = state.apply_fn(state.variables, x, False)
+  return train_lib.cross_entropy(logits, y) * x.shape[0]
+
+
+def _padded_batches(indices: jax.Array, batch_size: int, fill: int
+                    ) -> jax.Array:
+  """Splits indices into (num_batches, batch_size), padding with ``fill``."""
+  n = indices.shape[0]
+  num_batches = -(-n // batch_size)
+  padded = jnp.full((num_batches * batch_size,), fill, indices.dtype)
+  return padded.at[:n].set(indices).reshape(num_batches, batch_size)
+
+
+def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_loss,
+                      noise_step):
+  """K PGD descent steps on every image's noise, in index order."""
+  n = images.shape[0]
+  batches = _padded_batches(jnp.arange(n), cfg.sweep_batch_size, n)
+
+  def body(noise, batch_and_index):
+    idx, i = batch_and_index
+    valid = idx < n
+    safe = jnp.where(valid, idx, 0)
+    x, y = images[safe], labels[safe]
+    delta = noise_step(state, x, y, noise[safe], jax.random.fold_in(key, i))
+    return noise.at[jnp.where(valid, idx, n)].set(delta, mode="drop"), None
+
+  noise, _ = jax.lax.scan(body, noise,
+                          (batches, jnp.arange(batches.shape[0])))
+  return noise
+
+
+def _sweep_classwise(state, noise, images, labels, subset, key, *, cfg,
+                     noise_loss, noise_step):
+  """One pass over the (shuffled) subset; per batch, each class's noise
+  becomes the eps-clipped mean of its stepped copies."""
+  num_classes = noise.shape[0]
+  n = images.shape[0]
+  order_key, key = jax.random.split(key)
+  order = jax.random.permutation(order_key, subset)
+  batches = _padded_batches(order, cfg.sweep_batch_size, n)
+
+  def body(noise, batch_and_index):
+    idx, i = batch_and_index
+    valid = idx < n
+    safe = jnp.where(valid, idx, 0)
+    x, y = images[safe], labels[safe]
+    delta = noise_step(state, x, y, noise[y], jax.random.fold_in(key, i))
+    segment = jnp.where(valid, y, num_classes)
+    total = jax.ops.segment_sum(delta, segment, num_segments=num_classes)
+    count = jax.ops.segment_sum(valid.astype(jnp.float32), segment,
+                                num_segments=num_classes)
+    mean = total / jnp.maximum(count, 1.0)[:, None, None, None]
+    updated = jnp.clip(mean, -cfg.epsilon, cfg.epsilon)
+    present = (count > 0)[:, None, None, None]
+    return jnp.where(present, updated, noise), None
+
+  noise, _ = jax.lax.scan(body, noise,
+                          (batches, jnp.arange(batches.shape[0])))
+  return noise
+
+
+def _noisy_accuracy(state, noise, images, labels, indices, *, cfg):
+  """Eval-mode accuracy of the surrogate on ``x + delta`` over indices."""
+  classwise = cfg.mode == "classwise"
+  n = images.shape[0]
+  batches = _padded_batches(indices, cfg.sweep_batch_size, n)
+
+  def correct(idx):
+    valid = idx < n
+    safe = jnp.where(valid, idx, 0)
+    y = labels[safe]
+    x = jnp.clip(images[safe] + noise_for(noise, safe, y, classwise), 0, 1)
+    logits, _ = state.apply_fn(state.variables, x, False)
+    return jnp.sum((logits.argmax(-1) == y) & valid, dtype=jnp.int32)
+
+  return jax.lax.map(correct, batches).sum() / indices.shape[0]
+
+
+@functools.partial(
+    jax.jit, donate_argnums=(0, 1),
+    static_argnames=("cfg", "surrogate_step", "noise_loss", "noise_step"))
+def _em_round(state, noise, key, images, labels, subset, *, cfg,
+              surrogate_step, noise_loss, noise_step):
+  """One round: M surrogate steps on x + delta, the sweep, the stop check."""
+  classwise = cfg.mode == "classwise"
+  n = images.shape[0]
+  train_key, sweep_key = jax.random.split(key)
+
+  def train_body(state, i):
+    k = jax.random.fold_in(train_key, i)
+    idx = jax.random.choice(jax.random.fold_in(k, 0), n, (cfg.batch_size,),
+                            replace=False)
+    y = labels[idx]
+    x = jnp.clip(images[idx] + noise_for(noise, idx, y, classwise), 0, 1)
+    return surrogate_step(state, (x, y), jax.random.fold_in(k, 1))
+
+  state, metrics = jax.lax.scan(train_body, state,
+                                jnp.arange(cfg.train_steps))
+  if classwise:
+    noise = _sweep_classwise(state, noise, images, labels, subset, sweep_key,
+                             cfg=cfg, noise_loss=noise_loss,
+                             noise_step=noise_step)
+  else:
+    noise = _sweep_samplewise(state, noise, images, labels, sweep_key,
+                              cfg=cfg, noise_loss=noise_loss,
+                              noise_step=noise_step)
+  accuracy = _noisy_accuracy(state, noise, images, labels, subset, cfg=cfg)
+  return state, noise, accuracy, jax.tree.map(jnp.mean, metrics)
+
+
+def pgd_noise_step(state, x, y, delta, key, *, cfg, noise_loss):
+  """EM's noise step: K signed PGD descent steps on ``noise_loss``."""
+  return pgd_lib.pgd(lambda xa: noise_loss(state, xa, y, key), x,
+                     epsilon=cfg.epsilon, step_size=cfg.step_size,
+                     steps=cfg.pgd_steps, descent=True, delta=delta)
+
+
+def craft(key: jax.Array, state: TrainState, images: np.ndarray,
+          labels: np.ndarray, cfg: EMConfig, *, num_classes: int,
+          surrogate_step: SurrogateStep = train_lib.train_step,
+          noise_step: Callable[..., jax.Array] | None = None,
+          noise_loss: NoiseLoss = eval_loss,
+          noise: np.ndarray | None = None, start_round: int = 0,
+          history: dict[str, list] | None = None,
+          on_round: Callable[[int, TrainState, jax.Array, dict], None]
+          | None = None,
+          progress: bool | str = True) -> CraftResult:
+  """The min-min crafting loop shared by EM and its robust variants.
+
+  Args:
+    key: randomness (batches, class-wise sweep order, robust draws).
+    state: the surrogate's initial state.
+    images: uint8 NHWC clean training images.
+    labels: int labels.
+    cfg: the crafting hyperparameters.
+    num_classes: number of classes (class-wise noise shape).
+    surrogate_step: ``step(state, (x, y), key) -> (state, metrics)``.
+    noise_step: ``step(state, x, y, delta, key) -> delta``; EM's K-step PGD
+      on ``noise_loss`` when None.
+    noise_loss: the loss descended by the default noise step.
+    noise: resume from this noise (zeros when None).
+    start_round: resume from this round number (fold_in keys use it, so a
+      resumed run equals an uninterrupted one with the same key).
+    history: resume this history.
+    on_round: called after every round with ``(round, state, noise,
+      metrics)``; experiments use it to checkpoint.
+    progress: show a tqdm bar; a string is used as its description.
+
+  Returns:
+    A `CraftResult`.
+  """
+  cfg = cfg.resolved()
+  data_lib.check_dataset(images, labels, num_classes=num_classes)
+  classwise = cfg.mode == "classwise"
+  n = images.shape[0]
+  if n < cfg.batch_size:
+    raise ValueError(f"batch_size {cfg.batch_size} exceeds the {n} images")
+  noise_shape = ((num_classes,) if classwise else (n,)) + images.shape[1:]
+  if noise is None:
+    noise = jnp.zeros(noise_shape, jnp.float32)
+  else:
+    if tuple(noise.shape) != noise_shape:
+      raise ValueError(f"resume noise has shape {noise.shape}, expected "
+                       f"{noise_shape}")
+    noise = jnp.asarray(noise, jnp.float32)
+  if noise_step is None:
+    noise_step = functools.partial(pgd_noise_step, cfg=cfg,
+                                   noise_loss=noise_loss)
+  subset_key, key = jax.random.split(key)
+  if classwise:
+    subset = data_lib.stratified_subset(subset_key, labels,
+                                        cfg.subset_fraction,
+                                        num_classes=num_classes)
+  else:
+    subset = np.arange(n)
+  x = train_lib.as_float(jnp.asarray(images))
+  y = jnp.asarray(labels, jnp.int32)
+  subset = jnp.asarray(subset, jnp.int32)
+  history = history or {"accuracy": [], "loss": [], "seconds": []}
+  target = 1.0 - cfg.stop_error
+  converged = bool(history["accuracy"]) and history["accuracy"][-1] >= target
+  desc = progress if isinstance(progress, str) else f"EM {cfg.mode}"
+  bar = tqdm(range(start_round, cfg.max_rounds), desc=desc,
+             disable=not progress or converged, leave=False)
+  for round_index in bar:
+    if converged:
+      break
+    start = time.perf_counter()
+    state, noise, accuracy, metrics = _em_round(
+        state, noise, jax.random.fold_in(key, round_index), x, y, subset,
+        cfg=cfg, surrogate_step=surrogate_step, noise_loss=noise_loss,
+        noise_step=noise_step)
+    accuracy = float(accuracy)
+    history["accuracy"].append(accuracy)
+    history["loss"].append(float(metrics["loss"]))
+    history["seconds"].append(time.perf_counter() - start)
+    bar.set_postfix(noisy_acc=f"{accuracy:.3f}", target=f"{target:.2f}")
+    converged = accuracy >= target
+    if on_round is not None:
+      on_round(round_index, state, noise, {"accuracy": accuracy})
+  bar.close()
+  return CraftResult(np.asarray(noise), state, history, converged)
+
+
+def error_minimizing_noise(key: jax.Array, state: TrainState,
+                           images: np.ndarray, labels: np.ndarray, *,
+                           num_classes: int, mode: str = "samplewise",
+                           epsilon: float = 8 / 255, **kwargs: Any
+                           ) -> CraftResult:
+  """Error-minimizing noise (Huang et al., ICLR 2021, Sec. 3).
+
+  A convenience wrapper of `craft` with the paper's defaults; ``kwargs``
+  are `EMConfig` fields (``step_size``, ``pgd_steps``, ``train_steps``,
+  ``stop_error``, ``max_rounds``, ...) or `craft` options (``progress``,
+  ``on_round``, resume arguments).
+  """
+  config_fields = {k: kwargs.pop(k) for k in list(kwargs)
+                   if k in EMConfig._fields}
+  cfg = EMConfig(mode=mode, epsilon=epsilon, **config_fields)
+  return craft(key, state, images, labels, cfg, num_classes=num_classes,
+               **kwargs)

@@ -1,0 +1,292 @@
+"""Training and evaluation of surrogates and victims as pure jitted functions.
+
+The recipe is the one shared by the three papers (DESIGN.md, "Surrogate and
+victim training"): SGD with momentum 0.9, weight decay 5e-4 (added to the
+gradient, as in PyTorch), global-norm gradient clipping at 5, learning rate
+0.1 (cosine to zero for victims, constant while crafting EM noise).
+
+``train_step(state, batch, key)`` keeps the state first so that it composes
+with `lax.scan`; a whole epoch runs inside one jitted `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import time
+from typing import Any
+
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxue import data as data_lib
+from jaxue.models import Model, Variables
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class TrainState(struct.PyTreeNode):
+  """Parameters, batch-norm statistics and optimizer state of one model."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @property
+  def variables(self) -> Variables:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(learning_rate: float | optax.Schedule = 0.1, *,
+                   momentum: float = 0.9, weight_decay: float = 5e-4,
+                   clip_norm: float | None = 5.0
+                   ) -> optax.GradientTransformation:
+  """SGD as the reference code runs it: clip, then decay, then momentum.
+
+  Args:
+    learning_rate: a constant or an optax schedule.
+    momentum: heavy-ball momentum (PyTorch convention, no dampening).
+    weight_decay: L2 coefficient added to the gradient after clipping, as
+      ``torch.optim.SGD(weight_decay=...)`` does.
+    clip_norm: global-norm clipping threshold, or None for no clipping.
+
+  Returns:
+    An optax gradient transformation.
+  """
+  parts = []
+  if clip_norm is not None:
+    parts.append(optax.clip_by_global_norm(clip_norm))
+  if weight_decay:
+    parts.append(optax.add_decayed_weights(weight_decay))
+  parts.append(optax.sgd(learning_rate, momentum=momentum or None))
+  return optax.chain(*parts)
+
+
+def cosine_optimizer(total_steps: int, learning_rate: float = 0.1,
+                     **kwargs: Any) -> optax.GradientTransformation:
+  """The victims' optimizer: `make_optimizer` with cosine decay to zero."""
+  schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+  return make_optimizer(schedule, **kwargs)
+
+
+def create_train_state(key: jax.Array, model: Model, input_shape,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initialises a model and its optimizer state."""
+  variables = model.init(key, input_shape)
+  return TrainState(step=jnp.zeros((), jnp.int32),
+                    params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]),
+                    apply_fn=model.apply, tx=tx)
+
+
+def as_float(images: jax.Array) -> jax.Array:
+  """uint8 images to float32 in [0, 1]; float images pass through."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def apply_gradients(state: TrainState, grads: Any,
+                    batch_stats: Any) -> TrainState:
+  """One optimizer update."""
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1,
+                       params=optax.apply_updates(state.params, updates),
+                       batch_stats=batch_stats, opt_state=opt_state)
+
+
+def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
+               key: jax.Array, *, augment: Augment | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step in train mode (batch-norm batch statistics).
+
+  Args:
+    state: the model's training state.
+    batch: ``(images, labels)``; uint8 or float32 [0, 1] NHWC images.
+    key: randomness for ``augment`` (unused without augmentation).
+    augment: optional per-sample augmentation ``augment(key, images)``.
+
+  Returns:
+    The new state and ``{"loss", "accuracy"}`` of the batch.
+  """
+  images, labels = batch
+  images = as_float(images)
+  if augment is not None:
+    images = augment(key, images)
+
+  def loss_fn(params):
+    logits, batch_stats = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, images, True)
+    return cross_entropy(logits, labels), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = apply_gradients(state, grads, batch_stats)
+  accuracy = (logits.argmax(-1) == labels).mean()
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+def epoch_indices(key: jax.Array, num_examples: int,
+                  batch_size: int) -> jax.Array:
+  """A shuffled epoch as (num_batches, batch_size) indices; the tail that
+  does not fill a batch is dropped (a different tail every epoch)."""
+  if num_examples < batch_size:
+    raise ValueError(
+        f"batch_size {batch_size} exceeds the {num_examples} examples")
+  num_batches = num_examples // batch_size
+  perm = jax.random.permutation(key, num_examples)
+  return perm[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "augment"),
+                   donate_argnums=(0,))
+def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
+                key: jax.Array, *, batch_size: int = 128,
+                augment: Augment | None = None
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One shuffled epoch of `train_step` as a single `lax.scan`.
+
+  Returns:
+    The new state and the epoch's mean ``{"loss", "accuracy"}``.
+  """
+  perm_key, step_key = jax.random.split(key)
+  batches = epoch_indices(perm_key, images.shape[0], batch_size)
+
+  def body(state, index_and_batch):
+    i, idx = index_and_batch
+    return train_step(state, (images[idx], labels[idx]),
+                      jax.random.fold_in(step_key, i), augment=augment)
+
+  state, metrics = jax.lax.scan(
+      body, state, (jnp.arange(batches.shape[0]), batches))
+  return state, jax.tree.map(jnp.mean, metrics)
+
+
+def count_correct(apply_fn: Callable[..., Any], variables: Variables,
+                  images: jax.Array, labels: jax.Array, *,
+                  batch_size: int = 1000) -> jax.Array:
+  """Exact number of correct eval-mode predictions over the whole set.
+
+  Traceable: the set is streamed in batches with `lax.map`; the last batch is
+  padded and masked, so no tail is dropped (unlike the reference's
+  ``drop_last``).
+  """
+  n = images.shape[0]
+  batch_size = min(batch_size, n)
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+  labels = jnp.pad(labels, (0, pad), constant_values=-1)
+  images = images.reshape(num_batches, batch_size, *images.shape[1:])
+  labels = labels.reshape(num_batches, batch_size)
+
+  def batch_correct(batch):
+    x, y = batch
+    logits, _ = apply_fn(variables, as_float(x), False)
+    return jnp.sum((logits.argmax(-1) == y) & (y >= 0), dtype=jnp.int32)
+
+  return jax.lax.map(batch_correct, (images, labels)).sum()
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "batch_size"))
+def _accuracy(apply_fn, variables, images, labels, batch_size):
+  correct = count_correct(apply_fn, variables, images, labels,
+                          batch_size=batch_size)
+  return correct / images.shape[0]
+
+
+def evaluate(apply_fn: Callable[..., Any], variables: Variables,
+             images: np.ndarray | jax.Array, labels: np.ndarray | jax.Array,
+             *, batch_size: int = 1000) -> float:
+  """Eval-mode accuracy in [0, 1] over the whole set (uint8 images)."""
+  data_lib.check_dataset(np.asarray(images), np.asarray(labels))
+  return float(_accuracy(apply_fn, variables, jnp.asarray(images),
+                         jnp.asarray(labels), batch_size))
+
+
+def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
+        train_labels: np.ndarray, *, epochs: int, batch_size: int = 128,
+        augment: Augment | None = None,
+        test: tuple[np.ndarray, np.ndarray] | None = None,
+        progress: bool | str = True) -> tuple[TrainState, dict[str, list]]:
+  """Trains for ``epochs`` epochs and records the per-epoch test accuracy.
+
+  Used for victims (on released uint8 data, with `cosine_optimizer`) and for
+  clean surrogates. Each epoch is one compiled `train_epoch` call.
+
+  Args:
+    key: randomness for shuffling and augmentation.
+    state: initial state (its optimizer fixes the learning-rate schedule).
+    train_images: uint8 NHWC training images.
+    train_labels: int labels.
+    epochs: number of epochs (>= 1).
+    batch_size: SGD batch size.
+    augment: optional ``augment(key, images)`` on float batches.
+    test: optional clean ``(images, labels)`` evaluated after every epoch.
+    progress: show a tqdm bar; a string is used as its description.
+
+  Returns:
+    The final state and a history ``{"train_loss", "train_accuracy",
+    "test_accuracy", "seconds"}`` with one entry per epoch.
+  """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {epochs}")
+  data_lib.check_dataset(np.asarray(train_images), np.asarray(train_labels))
+  if test is not None:
+    data_lib.check_dataset(np.asarray(test[0]), np.asarray(test[1]))
+  images = jnp.asarray(train_images)
+  labels = jnp.asarray(train_labels, jnp.int32)
+  history = {"train_loss": [], "train_accuracy": [], "test_accuracy": [],
+             "seconds": []}
+  desc = progress if isinstance(progress, str) else "train"
+  bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+  for epoch in bar:
+    start = time.perf_counter()
+    state, metrics = train_epoch(state, images, labels,
+                                 jax.random.fold_in(key, epoch),
+                                 batch_size=batch_size, augment=augment)
+    history["train_loss"].append(float(metrics["loss"]))
+    history["train_accuracy"].append(float(metrics["accuracy"]))
+    if test is not None:
+      history["test_accuracy"].append(
+          evaluate(state.apply_fn, state.variables, *test))
+    history["seconds"].append(time.perf_counter() - start)
+    postfix = {"loss": f"{history['train_loss'][-1]:.3f}"}
+    if test is not None:
+      postfix["test_acc"] = f"{history['test_accuracy'][-1]:.3f}"
+    bar.set_postfix(postfix)
+  return state, history
+
+
+def train_victim(key: jax.Array, model: Model, images: np.ndarray,
+                 labels: np.ndarray, *, test: tuple[np.ndarray, np.ndarray],
+                 epochs: int, batch_size: int = 128,
+                 learning_rate: float = 0.1, augment: Augment | None = None,
+                 progress: bool | str = True
+                 ) -> tuple[TrainState, dict[str, list]]:
+  """Trains a fresh victim as the adversary would (DESIGN.md, "Surrogate and
+  victim training"): new initialisation, SGD with cosine decay to zero, on
+  the released uint8 images; records the clean test accuracy per epoch.
+
+  The victim's result is ``history["test_accuracy"][-1]``.
+  """
+  init_key, fit_key = jax.random.split(key)
+  steps = epochs * (np.asarray(images).shape[0] // batch_size)
+  state = create_train_state(init_key, model, np.asarray(images).shape[1:],
+                             cosine_optimizer(steps, learning_rate))
+  return fit(fit_key, state, images, labels, epochs=epochs,
+             batch_size=batch_size, augment=augment, test=test,
+             progress=progress)

@@ -1,0 +1,460 @@
+"""Tests for jaxue.certify.
+
+Wang et al., NDSS 2025, "Certified (q, η)-Learnability".
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxue import certify
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------
+# A tiny model with the jaxue model interface (init / apply).
+# ----------------------------------------------------------------------------
+
+
+class Model(NamedTuple):
+  init: Callable[..., Any]
+  apply: Callable[..., Any]
+
+
+class TinyCNN(nn.Module):
+  num_classes: int = 5
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.relu(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+def make_model() -> Model:
+  module = TinyCNN()
+
+  def init(key, input_shape):
+    return dict(module.init(key, jnp.zeros(input_shape), train=False))
+
+  def apply(variables, images, train):
+    if train:
+      logits, updates = module.apply(variables, images, train=True,
+                                     mutable=["batch_stats"])
+      return logits, updates["batch_stats"]
+    logits = module.apply(variables, images, train=False)
+    return logits, variables["batch_stats"]
+
+  return Model(init, apply)
+
+
+MODEL = make_model()
+
+
+def _setup(n=37, seed=0):
+  """Variables with non-trivial batch statistics, and a uint8 test set.
+
+  Values come from numpy over `eval_shape(init)`: flax's eager init compiles a
+  threefry kernel per leaf, which costs seconds on XLA:CPU.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(lambda k: MODEL.init(k, (1, 8, 8, 3)),
+                          jax.random.key(seed))
+  variables = jax.tree.map(
+      lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype),
+      shapes)
+  bs = variables["batch_stats"]["BatchNorm_0"]
+  bs["var"] = jnp.exp(bs["var"])
+  images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+  labels = rng.integers(0, 5, (n,)).astype(np.int32)
+  return variables, images, labels
+
+
+def _reference_accuracies(key, variables, images, labels, sigma, num_draws):
+  """A plain Python loop: whole test set in one go per draw."""
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  out = []
+  for i in range(num_draws):
+    params = certify.perturb_params(jax.random.fold_in(key, i),
+                                    variables["params"], sigma)
+    logits, _ = MODEL.apply({**variables, "params": params}, x, train=False)
+    pred = np.asarray(jnp.argmax(logits, axis=-1))
+    out.append(np.sum(pred == labels) / len(labels))
+  return np.array(out)
+
+
+# ----------------------------------------------------------------------------
+# The bound against an independent computation.
+# ----------------------------------------------------------------------------
+
+
+def _reference_bound(acc, q, sigma, eta, c):
+  """Straightforward loop over k with scipy's binom.cdf."""
+  n = len(acc)
+  q_bar = stats.norm.cdf(stats.norm.ppf(q) + eta / sigma)
+  lo = max(1, math.ceil(round(q_bar * n, 7)))
+  for k in range(lo, n + 1):
+    if stats.binom.cdf(k - 1, n, q_bar) > c:
+      return sorted(acc)[k - 1]
+  return None
+
+
+def test_bound_matches_independent_loop():
+  rng = np.random.default_rng(1)
+  cases = [
+      (1, 0.5, 0.25, 0.0, 0.4),  # N = 1, certifies: 1 - 0.5 > 0.4.
+      (1, 0.5, 0.25, 0.0, 0.6),  # N = 1, abstains.
+      (1000, 0.9, 0.25, 0.0, 0.99),  # η = 0, q̄N = 900.
+      (1000, 0.9, 0.25, 0.3, 0.99),  # Certifies at k = N.
+      (1000, 0.9, 0.25, 0.4, 0.99),  # Abstains.
+      (50, 0.999, 0.1, 1.0, 0.9),  # q̄ ≈ 1.
+      (2000, 0.9, 0.25, 2.0, 0.99),  # q̄ rounds to 1.0 in float64.
+      (10, 0.1, 1.0, 0.0, 0.5),  # Lower bound ⌈q̄N⌉ binds.
+  ]
+  for _ in range(250):
+    cases.append((int(rng.integers(1, 3000)), float(rng.uniform(0.01, 0.99)),
+                  float(rng.uniform(0.05, 2.0)),
+                  float(rng.choice([0.0, rng.uniform(0, 1.5)])),
+                  float(rng.uniform(0.5, 0.999))))
+  abstained = certified = 0
+  for n, q, sigma, eta, c in cases:
+    acc = rng.uniform(0, 1, n)
+    if rng.random() < 0.3:
+      acc = np.round(acc, 1)  # Ties.
+    got = certify.certified_learnability(acc, q=q, sigma=sigma, eta=eta,
+                                         confidence=c)
+    want = _reference_bound(acc, q, sigma, eta, c)
+    assert got == want, (n, q, sigma, eta, c)
+    abstained += got is None
+    certified += got is not None
+  assert abstained > 10 and certified > 10
+
+
+def test_ceil_tolerance_at_integer_q_bar_n():
+  # q = 0.9, η = 0: q̄N = 900.0000000000001 in float64; k must start at 900.
+  n, c = 1000, 0.01
+  assert certify.certified_rank(n, q=0.9, sigma=0.25, eta=0.0,
+                                confidence=c) == 900
+
+
+def test_curve_modes_and_json():
+  acc = np.random.default_rng(2).beta(2, 5, 1000)
+  per = certify.learnability_curve(acc, q=0.9, sigma=0.25)
+  union = certify.learnability_curve(acc, q=0.9, sigma=0.25,
+                                     simultaneous="union")
+  dkw = certify.learnability_curve(acc, q=0.9, sigma=0.25, simultaneous="dkw")
+  assert per.etas == certify.PUBLISHED_ETAS and per.mode == "per_eta"
+  for e, v in zip(per.etas, per.values):
+    assert v == certify.certified_learnability(acc, q=0.9, sigma=0.25, eta=e)
+  assert per.largest_certified_eta == 0.3  # min_draws(0.3) = 702 <= 1000.
+  for curve in (union, dkw):
+    for v_sim, v_per in zip(curve.values, per.values):
+      if v_sim is not None:  # Simultaneous bounds are never tighter.
+        assert v_per is not None and v_sim >= v_per
+  n_union = len(certify.PUBLISHED_ETAS)
+  assert union.values[0] == certify.certified_learnability(
+      acc, q=0.9, sigma=0.25, eta=0.001, confidence=1 - 0.01 / n_union)
+  eps = math.sqrt(math.log(100) / 2000)
+  q_bar = certify.quantile_level(q=0.9, sigma=0.25, eta=0.001)
+  assert dkw.ranks[0] == math.ceil((q_bar + eps) * 1000)
+  blob = json.loads(json.dumps(dkw.to_json()))
+  assert blob["curve"][0] == [0.001, dkw.values[0]]
+  assert blob["curve"][-1] == [2.0, None]
+  assert blob["mode"] == "dkw" and blob["n"] == 1000
+
+
+# ----------------------------------------------------------------------------
+# Statistical coverage (2,000 repetitions, vectorised).
+# ----------------------------------------------------------------------------
+
+REPS = 2000
+
+
+def _min_coverage(c):
+  return stats.binom.ppf(0.001, REPS, c) / REPS
+
+
+def _beta_sampler(rng, shape):
+  return rng.beta(2.0, 5.0, shape)
+
+
+def _beta_quantile(p):
+  return stats.beta.ppf(p, 2.0, 5.0)
+
+
+def _discrete_sampler(rng, shape):  # Many ties.
+  return rng.binomial(40, 0.3, shape) / 40.0
+
+
+def _discrete_quantile(p):
+  return stats.binom.ppf(p, 40, 0.3) / 40.0
+
+
+DISTS = [(_beta_sampler, _beta_quantile),
+         (_discrete_sampler, _discrete_quantile)]
+
+
+@pytest.mark.parametrize("dist", range(len(DISTS)))
+@pytest.mark.parametrize("q,sigma,eta,c", [
+    (0.9, 0.25, 0.0, 0.99), (0.5, 0.25, 0.0, 0.9), (0.9, 0.25, 0.2, 0.99),
+    (0.7, 1.0, 0.5, 0.9)])
+def test_per_eta_coverage(dist, q, sigma, eta, c):
+  sampler, quantile = DISTS[dist]
+  n = 500
+  rng = np.random.default_rng(3)
+  acc = np.sort(sampler(rng, (REPS, n)), axis=1)
+  k = certify.certified_rank(n, q=q, sigma=sigma, eta=eta, confidence=c)
+  assert k is not None
+  value = acc[:, k - 1]
+  assert value[0] == certify.certified_learnability(
+      acc[0], q=q, sigma=sigma, eta=eta, confidence=c)
+  true_q = quantile(certify.quantile_level(q=q, sigma=sigma, eta=eta))
+  coverage = np.mean(value >= true_q - 1e-12)
+  assert coverage >= _min_coverage(c), coverage
+
+
+@pytest.mark.parametrize("mode", ["union", "dkw"])
+@pytest.mark.parametrize("dist", range(len(DISTS)))
+def test_simultaneous_coverage(mode, dist):
+  sampler, quantile = DISTS[dist]
+  n, q, sigma, c = 1000, 0.6, 1.0, 0.9
+  rng = np.random.default_rng(4)
+  acc = np.sort(sampler(rng, (REPS, n)), axis=1)
+  curve = certify.learnability_curve(acc[0], q=q, sigma=sigma, confidence=c,
+                                     simultaneous=mode)
+  holds = np.ones(REPS, bool)
+  used = 0
+  for eta, k, v in zip(curve.etas, curve.ranks, curve.values):
+    if k is None:
+      continue  # Abstention: no claim.
+    used += 1
+    assert v == acc[0, k - 1]
+    true_q = quantile(certify.quantile_level(q=q, sigma=sigma, eta=eta))
+    holds &= acc[:, k - 1] >= true_q - 1e-12
+  assert used >= 8
+  assert np.mean(holds) >= _min_coverage(c), np.mean(holds)
+
+
+# ----------------------------------------------------------------------------
+# min_draws.
+# ----------------------------------------------------------------------------
+
+
+def test_min_draws_matches_issue():
+  want = {0.3: 702, 0.4: 2326, 0.5: 8920, 0.6: 39729, 0.75: 496259}
+  for eta, n in want.items():
+    assert certify.min_draws(q=0.9, sigma=0.25, eta=eta) == n
+  for eta in (0.3, 0.4, 0.5):  # The definition, through the bound itself.
+    n = want[eta]
+    assert certify.certified_rank(n, q=0.9, sigma=0.25, eta=eta) == n
+    assert certify.certified_rank(n - 1, q=0.9, sigma=0.25, eta=eta) is None
+  assert certify.min_draws(q=0.5, sigma=0.25, eta=0.0, confidence=0.4) == 1
+
+
+# ----------------------------------------------------------------------------
+# Monte-Carlo sampling on a tiny model.
+# ----------------------------------------------------------------------------
+
+
+def test_accuracies_match_loop_and_chunking():
+  variables, images, labels = _setup()
+  key = jax.random.key(7)
+  want = _reference_accuracies(key, variables, images, labels, 0.1, 7)
+  assert len(set(want.tolist())) > 1  # The draws actually differ.
+  for chunk in (1, 3, 8):
+    got = certify.sample_accuracies(
+        key, MODEL.apply, variables, images, labels, sigma=0.1, num_draws=7,
+        chunk_size=chunk, batch_size=16, chunks_per_block=2)
+    assert got.shape == (7,)
+    np.testing.assert_array_equal(got, want)
+  got = certify.sample_accuracies(
+      key, MODEL.apply, variables, images, labels, sigma=0.1, num_draws=7,
+      chunk_size=3, batch_size=16, precision="highest")
+  np.testing.assert_array_equal(got, want)
+  # Draw i depends only on (key, i).
+  head = certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                   labels, sigma=0.1, num_draws=3,
+                                   batch_size=16)
+  np.testing.assert_array_equal(head, want[:3])
+
+
+def test_compiles_once_across_blocks():
+  variables, images, labels = _setup(n=20)
+  traces = []
+
+  def counting_apply(v, x, train):
+    traces.append(1)
+    return MODEL.apply(v, x, train=train)
+
+  kwargs = dict(chunk_size=1, batch_size=8, chunks_per_block=2)
+  certify.sample_accuracies(jax.random.key(0), counting_apply, variables,
+                            images, labels, sigma=0.1, num_draws=10, **kwargs)
+  first = len(traces)
+  assert 1 <= first <= 2  # Five blocks, one trace.
+  certify.sample_accuracies(jax.random.key(1), counting_apply, variables,
+                            images, labels, sigma=0.3, num_draws=6, **kwargs)
+  assert len(traces) == first
+
+
+def test_batch_stats_untouched():
+  """Logits depend only on batch_stats: every draw must score the same."""
+  rng = np.random.default_rng(5)
+  images = rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)
+  labels = rng.integers(0, 3, (30,)).astype(np.int32)
+  variables = {"params": {"w": jnp.zeros((3,))},
+               "batch_stats": {"b": jnp.array([0.0, 1.0, 0.5])}}
+
+  def apply_fn(v, x, train):
+    del train
+    logits = jnp.broadcast_to(v["batch_stats"]["b"], (x.shape[0], 3))
+    return logits + 0.0 * jnp.sum(v["params"]["w"]), v["batch_stats"]
+
+  acc = certify.sample_accuracies(jax.random.key(0), apply_fn, variables,
+                                  images, labels, sigma=10.0, num_draws=5,
+                                  batch_size=7)
+  np.testing.assert_array_equal(acc, np.full(5, np.mean(labels == 1)))
+
+
+def test_noise_scale_and_determinism():
+  params = {"a": jnp.zeros((40, 50)), "b": {"c": jnp.zeros((3000,))},
+            "d": jnp.zeros((7,), jnp.bfloat16)}
+  sigma = 0.37
+  noisy = certify.perturb_params(jax.random.key(11), params, sigma)
+  assert noisy["d"].dtype == jnp.bfloat16
+  xi = np.concatenate([np.ravel(noisy["a"]), np.ravel(noisy["b"]["c"])])
+  assert stats.kstest(xi / sigma, "norm").pvalue > 0.001
+  # Leaves get independent noise; same key -> same noise.
+  assert abs(np.corrcoef(np.ravel(noisy["a"]),
+                         np.ravel(noisy["b"]["c"])[:2000])[0, 1]) < 0.1
+  again = certify.perturb_params(jax.random.key(11), params, sigma)
+  np.testing.assert_array_equal(noisy["a"], again["a"])
+  other = certify.perturb_params(jax.random.key(12), params, sigma)
+  assert not np.array_equal(noisy["a"], other["a"])
+
+
+# ----------------------------------------------------------------------------
+# 1 vs 8 fake CPU devices (subprocess: the device count is fixed at import).
+# ----------------------------------------------------------------------------
+
+_MESH_SCRIPT = textwrap.dedent("""
+    import jax
+    import numpy as np
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    assert jax.device_count() == 8, jax.devices()
+    sys_path_test = {tests!r}
+    import sys
+    sys.path.insert(0, sys_path_test)
+    import test_certify as t
+    from jaxue import certify
+    variables, images, labels = t._setup(n=45)
+    key = jax.random.key(3)
+    for num_draws in (16, 13):
+      kw = dict(sigma=0.1, num_draws=num_draws, batch_size=10)
+      one = certify.sample_accuracies(key, t.MODEL.apply, variables, images,
+                                      labels, **kw)
+      ref = t._reference_accuracies(key, variables, images, labels, 0.1,
+                                    num_draws)
+      np.testing.assert_array_equal(one, ref)
+      mesh8 = jax.make_mesh((8,), ("samples",))
+      got = certify.sample_accuracies(key, t.MODEL.apply, variables, images,
+                                      labels, mesh=mesh8, chunk_size=2, **kw)
+      np.testing.assert_array_equal(got, one)
+      mesh42 = jax.make_mesh((4, 2), ("samples", "data"))
+      got = certify.sample_accuracies(key, t.MODEL.apply, variables, images,
+                                      labels, mesh=mesh42, data_axis="data",
+                                      chunks_per_block=1, **kw)
+      np.testing.assert_array_equal(got, one)
+    print("MESH_OK")
+""")
+
+
+def test_identical_across_fake_devices():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(
+      [REPO_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  script = _MESH_SCRIPT.format(tests=os.path.join(REPO_ROOT, "tests"))
+  proc = subprocess.run([sys.executable, "-c", script], env=env,
+                        capture_output=True, text=True, timeout=240,
+                        check=False)
+  assert proc.returncode == 0 and "MESH_OK" in proc.stdout, proc.stderr[-4000:]
+
+
+# ----------------------------------------------------------------------------
+# Clear errors.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(q=0.0), "q must be in"), (dict(q=1.0), "q must be in"),
+    (dict(sigma=0.0), "sigma"), (dict(sigma=-1.0), "sigma"),
+    (dict(eta=-0.1), "eta"), (dict(confidence=1.0), "confidence"),
+])
+def test_bound_errors(kwargs, match):
+  args = dict(q=0.9, sigma=0.25, eta=0.1, confidence=0.99) | kwargs
+  with pytest.raises(ValueError, match=match):
+    certify.certified_learnability(np.full(10, 0.5), **args)
+  with pytest.raises(ValueError, match=match):
+    certify.min_draws(**args)
+  with pytest.raises(ValueError, match=match):
+    certify.learnability_curve(
+        np.full(10, 0.5), etas=(args.pop("eta"),), **args)
+
+
+def test_accuracy_and_mode_errors():
+  with pytest.raises(ValueError, match="empty"):
+    certify.certified_learnability(np.zeros(0), q=0.9, sigma=0.25, eta=0.1)
+  with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    certify.certified_learnability([0.5, 1.5], q=0.9, sigma=0.25, eta=0.1)
+  with pytest.raises(ValueError, match="NaN"):
+    certify.certified_learnability([0.5, np.nan], q=0.9, sigma=0.25, eta=0.1)
+  with pytest.raises(ValueError, match="1-D"):
+    certify.certified_learnability(np.zeros((2, 2)), q=0.9, sigma=0.25,
+                                   eta=0.1)
+  with pytest.raises(ValueError, match="N"):
+    certify.certified_rank(0, q=0.9, sigma=0.25, eta=0.1)
+  with pytest.raises(ValueError, match="simultaneous"):
+    certify.learnability_curve([0.5], q=0.9, sigma=0.25, simultaneous="bonf")
+
+
+def test_sampling_errors():
+  variables, images, labels = _setup(n=10)
+  key = jax.random.key(0)
+
+  def run(images=images, labels=labels, **kw):
+    args = dict(sigma=0.1, num_draws=2) | kw
+    return certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                     labels, **args)
+
+  with pytest.raises(ValueError, match="lengths differ"):
+    run(labels=labels[:9])
+  with pytest.raises(ValueError, match="uint8"):
+    run(images=images.astype(np.float32) / 255)
+  with pytest.raises(ValueError, match="4-D"):
+    run(images=images[0])
+  with pytest.raises(ValueError, match="labels must be integers"):
+    run(labels=labels.astype(np.float32))
+  with pytest.raises(ValueError, match="sigma"):
+    run(sigma=0.0)
+  with pytest.raises(ValueError, match="num_draws"):
+    run(num_draws=0)
+  with pytest.raises(ValueError, match="chunk_size"):
+    run(chunk_size=0)
+  with pytest.raises(ValueError, match="data_axis needs a mesh"):
+    run(data_axis="data")
