@@ -142,9 +142,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
              if args.seeds > 1 else ""))
 
   with timer("figures"):
+    # One example per class.
+    show = np.array([np.flatnonzero(y_train == c)[0]
+                     for c in np.unique(y_train)])[:10]
     figures.image_grid(
-        out / "samples.png", x_train,
-        {k: v for k, v in released.items() if k != "clean"}, y_train,
+        out / "samples.png", x_train[show],
+        {k: v[show] for k, v in released.items() if k != "clean"},
+        y_train[show],
         class_names=FASHION_MNIST_CLASSES
         if ds["name"] == "fashion_mnist" else None)
     figures.accuracy_curves(out / "victim_curves.png", curves,

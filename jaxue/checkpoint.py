@@ -110,8 +110,8 @@ def load_model(path: PathLike
         "with jaxue.checkpoint.save_model or experiments.craft/evaluate")
   description = json.loads(spec_path.read_text())
   model = models_lib.make_model(**description["model"])
-  like = jax.eval_shape(model.init, jax.random.key(0),
-                        tuple(description["input_shape"]))
+  shape = tuple(description["input_shape"])
+  like = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
   like = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
   variables = restore_pytree(path / "variables", like)
   return model, variables, description

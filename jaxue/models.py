@@ -217,6 +217,14 @@ class ResNet18(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _jitted_init(module: nn.Module, key: jax.Array, shape: tuple[int, ...]
+                 ) -> Variables:
+  # One compiled program: eager init compiles every random draw separately,
+  # which costs seconds on XLA:CPU.
+  return module.init(key, jnp.zeros(shape, jnp.float32), train=False)
+
+
 def functional(module: nn.Module, name: str) -> Model:
   """Wraps a linen module taking ``(x, train)`` into a `Model`."""
 
@@ -227,7 +235,7 @@ def functional(module: nn.Module, name: str) -> Model:
     if len(shape) != 4:
       raise ValueError(
           f"input_shape must be (H, W, C) or (B, H, W, C), got {input_shape}")
-    variables = module.init(key, jnp.zeros(shape, jnp.float32), train=False)
+    variables = _jitted_init(module, key, shape)
     return {"params": variables["params"],
             "batch_stats": variables.get("batch_stats", {})}
 

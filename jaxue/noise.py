@@ -216,8 +216,7 @@ def _padded_batches(indices: jax.Array, batch_size: int, fill: int
   return padded.at[:n].set(indices).reshape(num_batches, batch_size)
 
 
-def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_loss,
-                      noise_step):
+def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_step):
   """K PGD descent steps on every image's noise, in index order."""
   n = images.shape[0]
   batches = _padded_batches(jnp.arange(n), cfg.sweep_batch_size, n)
@@ -236,7 +235,7 @@ def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_loss,
 
 
 def _sweep_classwise(state, noise, images, labels, subset, key, *, cfg,
-                     noise_loss, noise_step):
+                     noise_step):
   """One pass over the (shuffled) subset; per batch, each class's noise
   becomes the eps-clipped mean of its stepped copies."""
   num_classes = noise.shape[0]
@@ -284,9 +283,9 @@ def _noisy_accuracy(state, noise, images, labels, indices, *, cfg):
 
 @functools.partial(
     jax.jit, donate_argnums=(0, 1),
-    static_argnames=("cfg", "surrogate_step", "noise_loss", "noise_step"))
+    static_argnames=("cfg", "surrogate_step", "noise_step"))
 def _em_round(state, noise, key, images, labels, subset, *, cfg,
-              surrogate_step, noise_loss, noise_step):
+              surrogate_step, noise_step):
   """One round: M surrogate steps on x + delta, the sweep, the stop check."""
   classwise = cfg.mode == "classwise"
   n = images.shape[0]
@@ -304,12 +303,10 @@ def _em_round(state, noise, key, images, labels, subset, *, cfg,
                                 jnp.arange(cfg.train_steps))
   if classwise:
     noise = _sweep_classwise(state, noise, images, labels, subset, sweep_key,
-                             cfg=cfg, noise_loss=noise_loss,
-                             noise_step=noise_step)
+                             cfg=cfg, noise_step=noise_step)
   else:
     noise = _sweep_samplewise(state, noise, images, labels, sweep_key,
-                              cfg=cfg, noise_loss=noise_loss,
-                              noise_step=noise_step)
+                              cfg=cfg, noise_step=noise_step)
   accuracy = _noisy_accuracy(state, noise, images, labels, subset, cfg=cfg)
   return state, noise, accuracy, jax.tree.map(jnp.mean, metrics)
 
@@ -382,6 +379,8 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
   x = train_lib.as_float(jnp.asarray(images))
   y = jnp.asarray(labels, jnp.int32)
   subset = jnp.asarray(subset, jnp.int32)
+  # Rounds donate their buffers; copy so the caller's state stays usable.
+  state = jax.tree.map(jnp.copy, state)
   history = history or {"accuracy": [], "loss": [], "seconds": []}
   target = 1.0 - cfg.stop_error
   converged = bool(history["accuracy"]) and history["accuracy"][-1] >= target
@@ -394,8 +393,7 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     start = time.perf_counter()
     state, noise, accuracy, metrics = _em_round(
         state, noise, jax.random.fold_in(key, round_index), x, y, subset,
-        cfg=cfg, surrogate_step=surrogate_step, noise_loss=noise_loss,
-        noise_step=noise_step)
+        cfg=cfg, surrogate_step=surrogate_step, noise_step=noise_step)
     accuracy = float(accuracy)
     history["accuracy"].append(accuracy)
     history["loss"].append(float(metrics["loss"]))

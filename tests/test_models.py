@@ -1,0 +1,101 @@
+"""Tests of jaxue.models: shapes, functional form, conv implementations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxue import models
+
+
+@pytest.mark.parametrize("name,shape,classes", [
+    ("small_cnn", (28, 28, 1), 10),
+    ("small_cnn", (32, 32, 3), 100),
+    ("resnet18", (32, 32, 3), 10),
+    ("resnet18", (28, 28, 1), 10),
+])
+def test_output_shapes_both_modes(name, shape, classes):
+  model = models.make_model(name, num_classes=classes,
+                            widths=(4, 8, 8) if name == "small_cnn"
+                            else (4, 4, 8, 8))
+  variables = model.init(jax.random.key(0), shape)
+  x = jnp.full((3, *shape), 0.5, jnp.float32)
+  logits, stats = model.apply(variables, x, False)
+  assert logits.shape == (3, classes)
+  chex_equal = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), stats,
+                            variables["batch_stats"])
+  assert all(jax.tree.leaves(chex_equal)), "eval mode changed statistics"
+  logits, new_stats = model.apply(variables, x + 0.1, True)
+  assert logits.shape == (3, classes)
+  changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(jnp.any(a != b)), new_stats, variables["batch_stats"]))
+  assert any(changed), "train mode must update batch statistics"
+
+
+def test_published_widths_and_param_count():
+  model = models.make_model("small_cnn")
+  variables = jax.eval_shape(lambda k: model.init(k, (28, 28, 1)),
+                             jax.random.key(0))
+  kernels = [leaf.shape for leaf in jax.tree.leaves(variables["params"])
+             if len(leaf.shape) == 4]
+  assert [k[-1] for k in kernels] == [64, 128, 256]
+  resnet = jax.eval_shape(
+      lambda k: models.make_model("resnet18").init(k, (32, 32, 3)),
+      jax.random.key(0))
+  n = sum(np.prod(x.shape) for x in jax.tree.leaves(resnet["params"]))
+  assert 11.1e6 < n < 11.2e6  # The CIFAR ResNet-18 has 11.17M parameters.
+
+
+@pytest.mark.parametrize("impl", ["im2col", "hybrid"])
+@pytest.mark.parametrize("strides,padding,kernel", [(1, 1, 3), (2, 1, 3),
+                                                   (2, 0, 1)])
+def test_conv_impls_match_lax(impl, strides, padding, kernel):
+  kx, kk, kg = jax.random.split(jax.random.key(1), 3)
+  x = jax.random.normal(kx, (4, 9, 9, 5))
+  w = jax.random.normal(kk, (kernel, kernel, 5, 7))
+
+  def f(x, w, impl):
+    return models.conv2d(x, w, strides=strides, padding=padding, impl=impl)
+
+  ref = f(x, w, "lax")
+  out = f(x, w, impl)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  g = jax.random.normal(kg, ref.shape)
+  ref_grads = jax.grad(lambda x, w: jnp.vdot(f(x, w, "lax"), g),
+                       argnums=(0, 1))(x, w)
+  grads = jax.grad(lambda x, w: jnp.vdot(f(x, w, impl), g),
+                   argnums=(0, 1))(x, w)
+  for a, b in zip(grads, ref_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_impls_inside_scan_and_vmap():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  ws = jax.random.normal(jax.random.key(1), (4, 3, 3, 3, 2))
+
+  def loss(w, impl):
+    return jnp.sum(models.conv2d(x, w, padding=1, impl=impl) ** 2)
+
+  for impl in ("hybrid", "im2col"):
+    got = jax.vmap(jax.grad(lambda w: loss(w, impl)))(ws)
+    want = jax.vmap(jax.grad(lambda w: loss(w, "lax")))(ws)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_matches_flax():
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  np.testing.assert_array_equal(models.max_pool_2x2(x),
+                                nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="unknown model"):
+    models.make_model("vgg")
+  with pytest.raises(ValueError, match="conv impl"):
+    models.make_model("small_cnn", conv_impl="fft")
+  with pytest.raises(ValueError, match="num_classes"):
+    models.make_model("small_cnn", num_classes=1)
+  with pytest.raises(ValueError, match="input_shape"):
+    models.make_model("small_cnn", widths=(2, 2, 2)).init(
+        jax.random.key(0), (28, 28))
