@@ -27,7 +27,8 @@ from jaxue import models
 from jaxue import noise as noise_lib
 from jaxue import train
 
-METHODS = ("em-samplewise", "em-classwise", "random")
+METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
+           "random")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,6 +59,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="surrogate steps per round (default 10)")
   p.add_argument("--sweep-batch-size", type=common.positive_int,
                  default=None, help="noise-sweep batch (default 128)")
+  pue = p.add_argument_group("PUE (pue-* methods)")
+  pue.add_argument("--sigma", type=float, default=0.25,
+                   help="sigma_train: the weight-noise level to be robust "
+                   "to; use the sigma you will certify at (default 0.25, "
+                   "the published value for ResNet-18)")
+  pue.add_argument("--sigma-step", type=float, default=None,
+                   help="spacing of the noise levels (default sigma / 5)")
+  pue.add_argument("--surrogate-draws", type=common.positive_int,
+                   default=100, help="weight draws per level and surrogate "
+                   "step (default 100)")
+  pue.add_argument("--noise-draws", type=common.positive_int, default=10,
+                   help="weight draws per level and noise step (default 10)")
+  pue.add_argument("--draw-chunk", type=common.positive_int, default=None,
+                   help="draws vmapped at once (default all)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-resume", action="store_true",
                  help="ignore an existing checkpoint in --out/resume")
@@ -66,13 +81,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raise common.UsageError(
         f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
   noise_lib.check_epsilon(args.epsilon)
+  if args.method.startswith("pue-"):
+    args.sigma_step = args.sigma_step or args.sigma / 5
+    pue_config(args).check()
   return args
+
+
+def pue_config(args: argparse.Namespace) -> noise_lib.PUEConfig:
+  return noise_lib.PUEConfig(
+      sigma=args.sigma, sigma_step=args.sigma_step,
+      surrogate_draws=args.surrogate_draws, noise_draws=args.noise_draws,
+      draw_chunk=args.draw_chunk)
 
 
 def _resume_config(args: argparse.Namespace) -> dict:
   keys = ("method", "dataset", "epsilon", "train_size", "model", "widths",
           "stop_error", "pgd_steps", "train_steps", "sweep_batch_size",
-          "seed")
+          "seed", "sigma", "sigma_step", "surrogate_draws", "noise_draws")
   return {k: common._jsonable(getattr(args, k)) for k in keys}  # pylint: disable=protected-access
 
 
@@ -105,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       surrogate = train.create_train_state(init_key, model, shape,
                                             train.make_optimizer(0.1))
       resume_dir = out / "resume"
-      mode = args.method.removeprefix("em-")
+      mode = args.method.split("-", 1)[1]
       noise_shape = ((num_classes,) if mode == "classwise" else
                      (len(y_train),)) + tuple(shape)
       resume = _load_resume(resume_dir, args, surrogate, noise_shape)
@@ -127,9 +152,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
       crafted_history = resume["history"] if resume else None
       crafted_history = crafted_history or {"accuracy": [], "loss": [],
                                             "seconds": []}
+      robust = (noise_lib.pue_steps(cfg, pue_config(args))
+                if args.method.startswith("pue-") else {})
       result = noise_lib.craft(
           craft_key, resume["state"] if resume else surrogate, x_train,
-          y_train, cfg, num_classes=num_classes,
+          y_train, cfg, num_classes=num_classes, **robust,
           noise=resume["noise"] if resume else None,
           start_round=resume["round"] + 1 if resume else 0,
           history=crafted_history, on_round=on_round,
@@ -139,7 +166,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             model=model_spec, input_shape=shape,
                             extra={"method": args.method,
                                    "epsilon": args.epsilon,
-                                   "dataset": ds["name"]})
+                                   "dataset": ds["name"],
+                                   **({"sigma": args.sigma}
+                                      if args.method.startswith("pue-")
+                                      else {})})
       summary = {"rounds": len(result.history["accuracy"]),
                  "converged": result.converged,
                  "noisy_accuracy": result.history["accuracy"],

@@ -108,7 +108,8 @@ def line_plot(path: str | os.PathLike,
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)
   _save(fig, path)

@@ -212,6 +212,7 @@ def sample_accuracies(
     *,
     sigma: float,
     num_draws: int,
+    first_draw: int = 0,
     chunk_size: int | None = None,
     batch_size: int = 1000,
     mesh: Mesh | None = None,
@@ -225,7 +226,9 @@ def sample_accuracies(
 
   Draw i uses `perturb_params(jax.random.fold_in(key, i), params, sigma)`, so
   a_i depends only on (key, i): not on `chunk_size`, blocks or device count
-  (up to accelerator matmul precision, see `precision`).
+  (up to accelerator matmul precision, see `precision`). Draws
+  `first_draw .. first_draw + num_draws - 1` are computed, so a long run can
+  be done in segments (and resumed): concatenated segments equal one run.
   a_i is the exact fraction of correct predictions (eval mode) over all N
   test images: the last batch is padded and the padding never counts; correct
   predictions are integer counts divided by N on the host.
@@ -254,6 +257,7 @@ def sample_accuracies(
     labels: integer labels, shape (N,).
     sigma: noise standard deviation σ > 0.
     num_draws: number of Monte-Carlo draws (>= 1).
+    first_draw: index of the first draw (>= 0).
     chunk_size: draws vmapped together per device; default
       `default_chunk_size()` for the mesh's (or default) backend.
     batch_size: test images per forward pass (split over `data_axis`; rounded
@@ -272,7 +276,8 @@ def sample_accuracies(
     progress: show a tqdm progress bar.
 
   Returns:
-    float64 array of shape (num_draws,) with the accuracies, in draw order.
+    float64 array of shape (num_draws,) with the accuracies of draws
+    `first_draw ..`, in draw order.
   """
   _check_test_set(images, labels)
   if not (isinstance(sigma, numbers.Real) and math.isfinite(sigma)
@@ -280,6 +285,10 @@ def sample_accuracies(
     raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
   if not (isinstance(num_draws, (int, np.integer)) and 1 <= num_draws < 2**31):
     raise ValueError(f"num_draws must be an integer >= 1, got {num_draws}")
+  if not (isinstance(first_draw, (int, np.integer))
+          and 0 <= first_draw < 2**31 - num_draws):
+    raise ValueError(f"first_draw must be an integer >= 0 with first_draw + "
+                     f"num_draws < 2**31, got {first_draw}")
   for name, value in (("chunk_size", chunk_size), ("batch_size", batch_size),
                       ("chunks_per_block", chunks_per_block)):
     if value is not None and not (isinstance(value, (int, np.integer))
@@ -303,7 +312,7 @@ def sample_accuracies(
     n_draw_dev = mesh.shape[draw_axis]
     n_data_dev = 1 if data_axis is None else mesh.shape[data_axis]
     backend = mesh.devices.flat[0].platform
-  num_draws = int(num_draws)
+  num_draws, first_draw = int(num_draws), int(first_draw)
 
   # Draws: per-device block of chunks_per_block chunks, capped by the need.
   per_dev_need = -(-num_draws // n_draw_dev)
@@ -354,7 +363,7 @@ def sample_accuracies(
   with tqdm(total=num_draws, disable=not progress, unit="draw") as bar:
     for b in range(num_blocks + 1):
       if b < num_blocks:  # Dispatch block b before waiting on block b - 1.
-        start = put(np.int32(b * block_size), replicated)
+        start = put(np.int32(first_draw + b * block_size), replicated)
         out = fn(args[0], args[1], start, *args[2:])
       if pending is not None:
         results.append(fetch(pending))

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxue import certify
 from jaxue import data as data_lib
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
@@ -323,6 +324,9 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
           surrogate_step: SurrogateStep = train_lib.train_step,
           noise_step: Callable[..., jax.Array] | None = None,
           noise_loss: NoiseLoss = eval_loss,
+          robust_surrogate_step: SurrogateStep | None = None,
+          robust_noise_step: Callable[..., jax.Array] | None = None,
+          robust_after: float = 0.5,
           noise: np.ndarray | None = None, start_round: int = 0,
           history: dict[str, list] | None = None,
           on_round: Callable[[int, TrainState, jax.Array, dict], None]
@@ -341,6 +345,11 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     noise_step: ``step(state, x, y, delta, key) -> delta``; EM's K-step PGD
       on ``noise_loss`` when None.
     noise_loss: the loss descended by the default noise step.
+    robust_surrogate_step: if given (with ``robust_noise_step``), replaces
+      both steps once a round's noisy accuracy exceeds ``robust_after``
+      (PUE).
+    robust_noise_step: see ``robust_surrogate_step``.
+    robust_after: the accuracy that switches the robust steps on.
     noise: resume from this noise (zeros when None).
     start_round: resume from this round number (fold_in keys use it, so a
       resumed run equals an uninterrupted one with the same key).
@@ -384,6 +393,8 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
   history = history or {"accuracy": [], "loss": [], "seconds": []}
   target = 1.0 - cfg.stop_error
   converged = bool(history["accuracy"]) and history["accuracy"][-1] >= target
+  robust = robust_surrogate_step is not None and any(
+      a > robust_after for a in history["accuracy"])
   desc = progress if isinstance(progress, str) else f"EM {cfg.mode}"
   bar = tqdm(range(start_round, cfg.max_rounds), desc=desc,
              disable=not progress or converged, leave=False)
@@ -393,13 +404,19 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     start = time.perf_counter()
     state, noise, accuracy, metrics = _em_round(
         state, noise, jax.random.fold_in(key, round_index), x, y, subset,
-        cfg=cfg, surrogate_step=surrogate_step, noise_step=noise_step)
+        cfg=cfg,
+        surrogate_step=robust_surrogate_step if robust else surrogate_step,
+        noise_step=robust_noise_step if robust else noise_step)
     accuracy = float(accuracy)
     history["accuracy"].append(accuracy)
     history["loss"].append(float(metrics["loss"]))
     history["seconds"].append(time.perf_counter() - start)
-    bar.set_postfix(noisy_acc=f"{accuracy:.3f}", target=f"{target:.2f}")
+    history.setdefault("robust", []).append(robust)
+    bar.set_postfix(noisy_acc=f"{accuracy:.3f}", target=f"{target:.2f}",
+                    **({"robust": "on"} if robust else {}))
     converged = accuracy >= target
+    robust = robust or (robust_surrogate_step is not None
+                        and accuracy > robust_after)
     if on_round is not None:
       on_round(round_index, state, noise, {"accuracy": accuracy})
   bar.close()
@@ -423,3 +440,177 @@ def error_minimizing_noise(key: jax.Array, state: TrainState,
   cfg = EMConfig(mode=mode, epsilon=epsilon, **config_fields)
   return craft(key, state, images, labels, cfg, num_classes=num_classes,
                **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# PUE: error-minimizing noise against randomly perturbed weights.
+# ---------------------------------------------------------------------------
+
+
+class PUEConfig(NamedTuple):
+  """Robust-step hyperparameters of PUE crafting (Wang et al., NDSS 2025,
+  Sec. 5, "Crafting PUEs"; defaults from the reference code).
+
+  Attributes:
+    sigma: sigma_train, the largest weight-noise level; match the sigma you
+      will certify at.
+    sigma_step: Delta between levels: levels are j * Delta, j = 0..T-1,
+      T = floor(sigma / Delta) + 1.
+    surrogate_draws: weight draws averaged per level in a surrogate step.
+    noise_draws: u_p, weight draws summed per level in a noise step.
+    robust_after: switch the robust steps on once the surrogate's accuracy
+      on the noisy data exceeds this.
+    draw_chunk: draws evaluated at once (`lax.map` batch size); None for all
+      at once (a full vmap).
+  """
+
+  sigma: float = 0.25
+  sigma_step: float = 0.05
+  surrogate_draws: int = 100
+  noise_draws: int = 10
+  robust_after: float = 0.5
+  draw_chunk: int | None = None
+
+  def levels(self) -> tuple[float, ...]:
+    if self.sigma <= 0 or self.sigma_step <= 0:
+      raise ValueError(f"sigma and sigma_step must be > 0, got {self.sigma} "
+                       f"and {self.sigma_step}")
+    count = int(np.floor(self.sigma / self.sigma_step + 1e-9)) + 1
+    return tuple(j * self.sigma_step for j in range(count))
+
+  def check(self) -> PUEConfig:
+    self.levels()
+    for name in ("surrogate_draws", "noise_draws"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.draw_chunk is not None and self.draw_chunk < 1:
+      raise ValueError(f"draw_chunk must be >= 1, got {self.draw_chunk}")
+    return self
+
+
+def _map_draws(fn, keys, chunk):
+  """fn over draw keys: a vmap of ``chunk`` draws at a time."""
+  return jax.lax.map(fn, keys, batch_size=chunk or keys.shape[0])
+
+
+def _perturb(key, params, sigma):
+  # Same draw as the certifier's, so "robust to the noise we certify with"
+  # means exactly that. Level 0 is the unperturbed surrogate.
+  if isinstance(sigma, (int, float)) and sigma == 0:
+    return params
+  return certify.perturb_params(key, params, sigma)
+
+
+def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
+                                                          jax.Array],
+                          key: jax.Array, *, pue: PUEConfig
+                          ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """PUE's surrogate step: one optimizer step per noise level sigma_j, each
+  on the mean gradient of CE(f_{theta + sigma_j xi}(x), y) over
+  ``surrogate_draws`` weight draws (train mode).
+
+  The gradient with respect to theta of a loss at theta + sigma xi is the
+  gradient at the perturbed point, so each draw is one ordinary backward
+  pass; the new batch-norm statistics are averaged over draws.
+  """
+  x, y = batch
+  x = train_lib.as_float(x)
+  metrics = []
+  for j, sigma in enumerate(pue.levels()):
+
+    def loss(params, draw_key, sigma=sigma):
+      noisy = _perturb(draw_key, params, sigma)
+      logits, stats = state.apply_fn(
+          {"params": noisy, "batch_stats": state.batch_stats}, x, True)
+      return train_lib.cross_entropy(logits, y), stats
+
+    draws = jax.random.split(jax.random.fold_in(key, j), pue.surrogate_draws)
+    (losses, stats), grads = _map_draws(
+        lambda k: jax.value_and_grad(loss, has_aux=True)(state.params, k),
+        draws, pue.draw_chunk)
+    mean = functools.partial(jnp.mean, axis=0)
+    state = train_lib.apply_gradients(state, jax.tree.map(mean, grads),
+                                      jax.tree.map(mean, stats))
+    metrics.append(losses.mean())
+  return state, {"loss": jnp.stack(metrics).mean(),
+                 "accuracy": jnp.zeros(())}
+
+
+def robust_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
+                      delta: jax.Array, key: jax.Array, *, cfg: EMConfig,
+                      pue: PUEConfig) -> jax.Array:
+  """PUE's noise step: for each of K PGD steps and each level sigma_j, the
+  input gradients of CE(f_{theta + sigma_j xi}(x + delta), y) summed over
+  ``noise_draws`` weight draws (eval mode) give one signed descent step,
+  followed by the projection."""
+  levels = jnp.asarray(pue.levels(), jnp.float32)
+  num_levels = levels.shape[0]
+  delta = pgd_lib.project(delta, x, epsilon=cfg.epsilon)
+
+  def input_grad(inputs, draw_key, sigma):
+    params = _perturb(draw_key, state.params, sigma)
+
+    def loss(inputs):
+      logits, _ = state.apply_fn(
+          {"params": params, "batch_stats": state.batch_stats}, inputs,
+          False)
+      return train_lib.cross_entropy(logits, y) * inputs.shape[0]
+
+    return jax.grad(loss)(inputs)
+
+  def body(i, delta):
+    sigma = levels[i % num_levels]
+    draws = jax.random.split(jax.random.fold_in(key, i), pue.noise_draws)
+    grads = _map_draws(lambda k: input_grad(x + delta, k, sigma), draws,
+                       pue.draw_chunk)
+    stepped = delta - cfg.step_size * jnp.sign(grads.sum(0))
+    return pgd_lib.project(stepped, x, epsilon=cfg.epsilon)
+
+  return jax.lax.fori_loop(0, cfg.pgd_steps * num_levels, body, delta)
+
+
+def provably_unlearnable_noise(key: jax.Array, state: TrainState,
+                               images: np.ndarray, labels: np.ndarray, *,
+                               num_classes: int, mode: str = "classwise",
+                               epsilon: float = 8 / 255,
+                               pue: PUEConfig = PUEConfig(),
+                               **kwargs: Any) -> CraftResult:
+  """Provably unlearnable examples (Wang et al., NDSS 2025, Sec. 5).
+
+  EM crafting in which, once the surrogate's accuracy on the noisy data
+  exceeds ``pue.robust_after``, both players face randomly perturbed
+  weights (`robust_surrogate_step`, `robust_noise_step`), so the noise stays
+  effective for every classifier near the surrogate. Class-wise with
+  stop_error 0.1 is the published recipe. The returned surrogate is what
+  `jaxue.certify` certifies.
+
+  Args:
+    key: randomness.
+    state: the surrogate's initial state.
+    images: uint8 NHWC clean training images.
+    labels: int labels.
+    num_classes: number of classes.
+    mode: ``"classwise"`` (published) or ``"samplewise"``.
+    epsilon: L-inf budget.
+    pue: the robust steps' hyperparameters.
+    **kwargs: `EMConfig` fields and `craft` options.
+
+  Returns:
+    A `CraftResult`.
+  """
+  config_fields = {k: kwargs.pop(k) for k in list(kwargs)
+                   if k in EMConfig._fields}
+  cfg = EMConfig(mode=mode, epsilon=epsilon, **config_fields)
+  return craft(key, state, images, labels, cfg, num_classes=num_classes,
+               **pue_steps(cfg, pue), **kwargs)
+
+
+def pue_steps(cfg: EMConfig, pue: PUEConfig) -> dict[str, Any]:
+  """The `craft` keyword arguments that turn EM crafting into PUE's."""
+  pue.check()
+  cfg = cfg.resolved()
+  return {"robust_surrogate_step": functools.partial(robust_surrogate_step,
+                                                     pue=pue),
+          "robust_noise_step": functools.partial(robust_noise_step, cfg=cfg,
+                                                 pue=pue),
+          "robust_after": pue.robust_after}

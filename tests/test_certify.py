@@ -292,6 +292,20 @@ def test_accuracies_match_loop_and_chunking():
   np.testing.assert_array_equal(head, want[:3])
 
 
+def test_segments_concatenate_to_one_run():
+  variables, images, labels = _setup(n=20)
+  key = jax.random.key(3)
+  kwargs = dict(sigma=0.2, batch_size=8, chunk_size=2, chunks_per_block=2)
+  whole = certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                    labels, num_draws=9, **kwargs)
+  head = certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                   labels, num_draws=4, **kwargs)
+  tail = certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                   labels, num_draws=5, first_draw=4, **kwargs)
+  assert len(set(whole.tolist())) > 1
+  np.testing.assert_array_equal(np.concatenate([head, tail]), whole)
+
+
 def test_compiles_once_across_blocks():
   variables, images, labels = _setup(n=20)
   traces = []
@@ -454,6 +468,8 @@ def test_sampling_errors():
     run(sigma=0.0)
   with pytest.raises(ValueError, match="num_draws"):
     run(num_draws=0)
+  with pytest.raises(ValueError, match="first_draw"):
+    run(first_draw=-1)
   with pytest.raises(ValueError, match="chunk_size"):
     run(chunk_size=0)
   with pytest.raises(ValueError, match="data_axis needs a mesh"):
