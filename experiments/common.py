@@ -47,14 +47,22 @@ def epsilon_label(epsilon: float) -> str:
   return f"{epsilon:g}"
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int) -> int:
   try:
     value = int(text)
   except ValueError as e:
     raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from e
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  if value < minimum:
+    raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
   return value
+
+
+def positive_int(text: str) -> int:
+  return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+  return _int_at_least(text, 0)
 
 
 def widths_arg(text: str) -> tuple[int, ...]:
@@ -69,7 +77,13 @@ def widths_arg(text: str) -> tuple[int, ...]:
 
 
 def git_commit() -> str:
-  """The jaxue commit (with ``-dirty`` if the tree has local changes)."""
+  """The jaxue commit (with ``-dirty`` if the tree has local changes).
+
+  A copy of the tree without ``.git`` (e.g. on a remote accelerator) can
+  pass the commit in the ``JAXUE_COMMIT`` environment variable.
+  """
+  if os.environ.get("JAXUE_COMMIT"):
+    return os.environ["JAXUE_COMMIT"]
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
                             capture_output=True, text=True, check=True

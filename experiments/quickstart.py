@@ -1,12 +1,15 @@
-"""The quickstart: craft, release, train victims, write a report.
+"""The quickstart: craft, release, train victims, certify, write a report.
 
     python -m experiments.quickstart --out runs/quick
 
 On Fashion-MNIST (the Debian package's files) it crafts class-wise
-error-minimizing noise with a small CNN surrogate, releases the protected
-uint8 dataset, trains fresh victims on clean, random-noise and protected
-data, and writes ``results.json``, ``report.md`` and figures to ``--out``.
-Default sizes finish in a few minutes on 2 CPU cores.
+error-minimizing (EM) noise with a small CNN surrogate, and provably
+unlearnable (PUE) noise from the same initial surrogate; releases the
+protected uint8 datasets; trains fresh victims on clean, random-noise and
+protected data; certifies the (q, eta)-learnability of both crafting
+surrogates with a small Monte-Carlo run; and writes ``results.json``,
+``report.md`` and figures to ``--out``. Default sizes finish in well under 10
+minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from experiments import certify as certify_exp
 from experiments import common
 from experiments import figures
 from jaxue import checkpoint
@@ -57,10 +61,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  "published model is 64,128,256)")
   p.add_argument("--max-rounds", type=common.positive_int, default=60,
                  help="cap on EM rounds (default 60)")
+  cert = p.add_argument_group("certification (EM against PUE)")
+  cert.add_argument("--no-certify", action="store_true",
+                    help="skip PUE crafting and the certification stage")
+  cert.add_argument("--sigma", type=float, default=0.05,
+                    help="smoothing sigma, also PUE's sigma_train (default "
+                    "0.05: at 0.25 this narrow CNN falls to chance; see "
+                    "experiments/results/certify.json for the sweep)")
+  cert.add_argument("--cert-draws", type=common.positive_int, default=100,
+                    help="Monte-Carlo draws N (default 100: a smoke-size "
+                    "certificate; the published N is 1000)")
+  cert.add_argument("--cert-test-size", type=common.positive_int,
+                    default=2000, help="test images per draw (default 2000)")
+  cert.add_argument("--pue-draws", type=common.positive_int, default=4,
+                    help="PUE weight draws per level in surrogate steps "
+                    "(default 4 on CPU; published 100)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   noise_lib.check_epsilon(args.epsilon)
+  if args.sigma <= 0:
+    raise common.UsageError(f"--sigma must be > 0, got {args.sigma}")
   return args
+
+
+def craft_pue(key, model, shape, x_train, y_train, num_classes, args):
+  """Class-wise PUE with CPU-sized draws, robust to ``args.sigma``."""
+  cfg = noise_lib.EMConfig(mode="classwise", epsilon=args.epsilon,
+                           max_rounds=args.max_rounds)
+  pue = noise_lib.PUEConfig(sigma=args.sigma, sigma_step=args.sigma / 5,
+                            surrogate_draws=args.pue_draws,
+                            noise_draws=max(1, args.pue_draws // 2))
+  surrogate = train.create_train_state(jax.random.fold_in(key, 0), model,
+                                       shape, train.make_optimizer(0.1))
+  return noise_lib.craft(jax.random.fold_in(key, 1), surrogate, x_train,
+                         y_train, cfg, num_classes=num_classes,
+                         **noise_lib.pue_steps(cfg, pue),
+                         progress="craft pue-classwise")
 
 
 @common.cli
@@ -82,7 +118,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     x_test, y_test = x_test[: args.test_size], y_test[: args.test_size]
   num_classes, shape = ds["num_classes"], ds["image_shape"]
   print(f"{ds['name']}: {len(y_train)} training images (stratified subset), "
-        f"{len(y_test)} test images; {args.method} at eps = {eps_label}; "
+        f"{len(y_test)} test images; {args.method}"
+        f"{'' if args.no_certify else ' and pue-classwise'} at eps = "
+        f"{eps_label}; "
         f"backend {jax.default_backend()}")
 
   model_spec = {"name": "small_cnn", "num_classes": num_classes,
@@ -121,6 +159,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         extra={"method": args.method,
                                "epsilon": args.epsilon,
                                "dataset": ds["name"]})
+  surrogates = {args.method: crafted.surrogate}
+  if not args.no_certify:
+    with timer("craft_pue"):
+      pue = craft_pue(craft_key, model, shape, x_train, y_train, num_classes,
+                      args)
+    print(f"crafted pue-classwise (sigma {args.sigma}): "
+          f"{len(pue.history['accuracy'])} rounds "
+          f"({sum(pue.history['robust'])} robust), "
+          f"{timer.seconds['craft_pue']:.0f} s")
+    released["pue-classwise"] = noise_lib.release(
+        x_train, y_train, pue.noise, epsilon=args.epsilon)
+    surrogates["pue-classwise"] = pue.surrogate
+    checkpoint.save_model(out / "surrogate-pue", pue.surrogate,
+                          model=model_spec, input_shape=shape,
+                          extra={"method": "pue-classwise",
+                                 "epsilon": args.epsilon,
+                                 "sigma": args.sigma,
+                                 "dataset": ds["name"]})
 
   # Adversary: train fresh victims on each released dataset.
   accuracy, spread, curves = {}, {}, {}
@@ -141,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
           + (f" (seeds: {', '.join(f'{a:.3f}' for a in finals)})"
              if args.seeds > 1 else ""))
 
+  certification = None
+  if not args.no_certify:
+    certification = certify_stage(surrogates, model, x_test, y_test, args,
+                                  timer, out)
+
   with timer("figures"):
     # One example per class.
     show = np.array([np.flatnonzero(y_train == c)[0]
@@ -156,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             f"{len(y_train)} training images")
 
   drop = accuracy["clean"] - accuracy[args.method]
+  if certification:
+    for name, summary in certification["accuracy_summary"].items():
+      print(f"{name} surrogate: smoothed accuracy mean "
+            f"{summary['mean']:.3f}, largest certified eta "
+            f"{certification['largest_certified_eta'][name]}")
   rows = [(name, f"{acc:.3f}", f"{acc - accuracy['clean']:+.3f}")
           for name, acc in accuracy.items()]
   print()
@@ -177,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "accuracy_drop": drop,
       "craft": {"rounds": rounds, "converged": crafted.converged,
                 "noisy_accuracy": crafted.history["accuracy"]},
+      "certification": certification,
       "wall_seconds": dict(timer.seconds,
                            total=round(sum(timer.seconds.values()), 2)),
       **common.metadata(args),
@@ -188,11 +255,52 @@ def main(argv: Sequence[str] | None = None) -> dict:
       f"{tuple(args.widths)}, {args.epochs}-epoch victims, "
       f"{args.seeds} seed(s).\n\n```\n{table}\n```\n\n"
       f"Wall time: {results['wall_seconds']['total']:.0f} s. "
-      "Figures: samples.png, victim_curves.png.\n")
+      "Figures: samples.png, victim_curves.png"
+      f"{'' if args.no_certify else ', certified_learnability.png'}.\n")
   print(f"\nprotection lowers victim accuracy by {drop:.3f}; wrote "
         f"{out / 'results.json'}, report.md, samples.png, victim_curves.png "
         f"({results['wall_seconds']['total']:.0f} s)")
   return results
+
+
+def certify_stage(surrogates, model, x_test, y_test, args, timer, out):
+  """Certified (q, eta)-learnability of each crafting surrogate."""
+  x_cert, y_cert = x_test[: args.cert_test_size], y_test[: args.cert_test_size]
+  print(f"\ncertifying with N = {args.cert_draws} draws at sigma = "
+        f"{args.sigma}, q = 0.9, c = 0.99 on {len(y_cert)} test images "
+        "(a smoke-size N: the published N = 1000 certifies larger eta; see "
+        "python -m experiments.pue_certify)")
+  runs = {}
+  for name, state in surrogates.items():
+    with timer(f"certify_{name}"):
+      runs[name] = certify_exp.certify_checkpoint(
+          jax.random.key(args.seed + 1), model, state.variables, x_cert,
+          y_cert, sigma=args.sigma, num_draws=args.cert_draws, q=0.9,
+          confidence=0.99, name=name, verbose=False)
+  curves = {name: run["curve"].to_json()["curve"]
+            for name, run in runs.items()}
+  rows = [(f"{eta:g}",) + tuple("abstain" if v is None else f"{v:.3f}"
+                                for v in values)
+          for eta, *values in zip(runs[next(iter(runs))]["curve"].etas,
+                                  *(r["curve"].values for r in runs.values()))
+          if any(v is not None for v in values)]
+  rows.append(("mean",) + tuple(f"{r['summary']['mean']:.3f}"
+                               for r in runs.values()))
+  print("certified learnability (lower protects more):")
+  common.print_table(rows, ("eta",) + tuple(runs))
+  figures.line_plot(out / "certified_learnability.png", curves,
+                    xlabel="eta", ylabel="certified learnability",
+                    title=f"sigma={args.sigma}, q=0.9, N={args.cert_draws}",
+                    logx=True)
+  return {"sigma": args.sigma, "q": 0.9, "n": args.cert_draws,
+          "confidence": 0.99, "test_size": len(y_cert), "curves": curves,
+          "largest_certified_eta": {
+              name: run["curve"].largest_certified_eta
+              for name, run in runs.items()},
+          "accuracy_summary": {name: run["summary"]
+                               for name, run in runs.items()},
+          "draws_per_second": {name: run["draws_per_second"]
+                               for name, run in runs.items()}}
 
 
 if __name__ == "__main__":

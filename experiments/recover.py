@@ -56,16 +56,6 @@ def fraction_arg(text: str) -> float:
   return value
 
 
-def nonnegative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from e
-  if value < 0:
-    raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-  return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python -m experiments.recover", description=__doc__,
@@ -85,7 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--weight-decay", type=float, default=5e-4)
   p.add_argument("--project", choices=recover.PROJECTIONS, default="ball",
                  help="'sphere' reproduces the reference code's quirk")
-  p.add_argument("--random-directions", type=nonnegative_int, default=64,
+  p.add_argument("--random-directions", type=common.nonnegative_int, default=64,
                  help="directions per η for the random variant (0: skip)")
   p.add_argument("--chunk-size", type=common.positive_int, default=None,
                  help="random directions vmapped together (default: 1 on "

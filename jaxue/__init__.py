@@ -1,0 +1,52 @@
+"""jaxue: unlearnable examples in JAX.
+
+Error-minimizing noise (Huang et al., ICLR 2021), provably unlearnable
+examples with certified (q, eta)-learnability (Wang et al., NDSS 2025) and
+the weight-recovery attack, as pure jit-compiled functions. Modules:
+
+* `jaxue.data`: datasets (offline IDX / CIFAR-binary readers, TFDS),
+  stratified subsets, batching, augmentation.
+* `jaxue.models`: the PUE small CNN and the CIFAR ResNet-18 as `Model`s.
+* `jaxue.train`: `TrainState`, `train_step`, `fit`, `evaluate`.
+* `jaxue.pgd`: projected gradient descent/ascent on inputs.
+* `jaxue.noise`: EM and PUE crafting, random noise, `release`.
+* `jaxue.certify`: Monte-Carlo accuracies and the (q, eta) bound.
+* `jaxue.recover`: the weight-recovery attack.
+* `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
+"""
+
+from jaxue import certify
+from jaxue import checkpoint
+from jaxue import data
+from jaxue import models
+from jaxue import noise
+from jaxue import pgd
+from jaxue import recover
+from jaxue import train
+from jaxue.certify import certified_learnability
+from jaxue.certify import learnability_curve
+from jaxue.certify import min_draws
+from jaxue.certify import sample_accuracies
+from jaxue.data import load
+from jaxue.models import make_model
+from jaxue.noise import error_minimizing_noise
+from jaxue.noise import provably_unlearnable_noise
+from jaxue.noise import random_noise
+from jaxue.noise import release
+from jaxue.recover import recover as recover_weights
+from jaxue.recover import recovery_curve
+from jaxue.train import create_train_state
+from jaxue.train import evaluate
+from jaxue.train import fit
+from jaxue.train import train_step
+from jaxue.train import train_victim
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "certified_learnability", "create_train_state", "error_minimizing_noise",
+    "evaluate", "fit", "learnability_curve", "load", "make_model",
+    "min_draws", "provably_unlearnable_noise", "random_noise",
+    "recover_weights", "recovery_curve", "release", "sample_accuracies",
+    "train_step", "train_victim",
+]

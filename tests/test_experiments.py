@@ -41,17 +41,22 @@ def test_quickstart_smoke(tmp_path):
   out = tmp_path / "quick"
   results = quickstart.main([
       "--out", str(out), "--data-dir", str(data_dir), "--train-size", "200",
-      "--epochs", "2", "--max-rounds", "2", "--widths", "4,8,8"])
+      "--epochs", "2", "--max-rounds", "2", "--widths", "4,8,8",
+      "--cert-draws", "4", "--cert-test-size", "40", "--pue-draws", "2"])
   saved = json.loads((out / "results.json").read_text())
   assert saved["victim_accuracy"] == pytest.approx(results["victim_accuracy"])
   for key in ("dataset", "train_size", "epochs", "epsilon", "wall_seconds",
               "command", "commit", "backend", "config"):
     assert key in saved
-  assert set(saved["victim_accuracy"]) == {"clean", "random", "em-classwise"}
+  assert set(saved["victim_accuracy"]) == {"clean", "random", "em-classwise",
+                                           "pue-classwise"}
+  cert = saved["certification"]
+  assert cert["n"] == 4 and cert["sigma"] == pytest.approx(0.05)
+  assert set(cert["curves"]) == {"em-classwise", "pue-classwise"}
   assert all(0 <= a <= 1 for a in saved["victim_accuracy"].values())
   assert saved["train_size"] == 200
   for name in ("samples.png", "victim_curves.png", "report.md", "noise.npz",
-               "released.npz"):
+               "released.npz", "certified_learnability.png"):
     assert (out / name).exists(), name
   with np.load(out / "released.npz") as f:
     assert f["images"].dtype == np.uint8
