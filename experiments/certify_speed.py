@@ -52,15 +52,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
+def xla_flops(fn, *args) -> float:
+  """FLOPs of one ``fn(*args)`` call, counted by XLA's cost analysis.
+
+  The function is lowered for the CPU backend from the arguments' shapes and
+  dtypes only (no data moves, nothing runs) and XLA's HLO cost analysis of
+  the lowered module is returned (falling back to the compiled module's).
+  The CPU backend is used whatever the default one is: on GPU, convolutions
+  become cuDNN custom calls that the compiled module's cost analysis does
+  not count. Loops (`lax.scan`, `fori_loop`, `lax.map`) are counted once,
+  not per trip, so pass a loop-free function and multiply by the trip count
+  yourself.
+
+  Args:
+    fn: a jax-traceable function (not necessarily jitted).
+    *args: its arguments (arrays, pytrees of arrays, typed keys).
+
+  Returns:
+    The FLOP count, or NaN if XLA reports none.
+  """
+
+  def spec(x):
+    if hasattr(x, "dtype") and hasattr(x, "shape"):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return x
+
+  def flops(cost):
+    if isinstance(cost, list):
+      cost = cost[0] if cost else None
+    return float((cost or {}).get("flops", float("nan")))
+
+  specs = jax.tree.map(spec, args)
+  with jax.default_device(jax.devices("cpu")[0]):
+    lowered = jax.jit(fn).lower(*specs)
+    try:
+      count = flops(lowered.cost_analysis())
+    except NotImplementedError:
+      count = float("nan")
+    if count != count:  # NaN: ask the compiled module.
+      count = flops(lowered.compile().cost_analysis())
+  return count
+
+
 def forward_flops(model, variables, shape, batch) -> float:
   """FLOPs of one eval-mode forward pass over ``batch`` images (XLA)."""
   x = jnp.zeros((batch, *shape), jnp.float32)
-  compiled = jax.jit(lambda v, x: model.apply(v, x, False)[0]).lower(
-      variables, x).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
+  return xla_flops(lambda v, x: model.apply(v, x, False)[0], variables, x)
 
 
 @common.cli
