@@ -2,13 +2,22 @@
 
     python -m experiments.craft --method em-samplewise --epsilon 8/255 \\
         --out runs/em-sw
+    python -m experiments.craft --method rem --epsilon 16/255 --out runs/rem
+    python -m experiments.craft --method error-max --out runs/error-max
 
 Writes to ``--out``: ``noise.npz`` (the float noise, the training-subset
 indices and labels), ``released.npz`` (the protected uint8 images and their
 labels: what a data owner publishes), ``surrogate/`` (the crafting
-surrogate's checkpoint, for certification) and ``results.json``. Crafting
-checkpoints every round to ``--out/resume``; rerunning the same command after
-an interruption resumes from the last finished round.
+surrogate's checkpoint, for certification) and ``results.json``. EM/PUE
+crafting checkpoints every round, REM every ``--checkpoint-every`` surrogate
+steps (or regeneration batches), to ``--out/resume``; rerunning the same
+command after an interruption resumes from the last checkpoint.
+
+Methods: ``em-*`` / ``pue-*`` (error-minimizing, Huang et al. 2021; provably
+unlearnable, Wang et al. 2025), ``rem`` (robust error-minimizing, Fu et al.
+2022, sample-wise, rho_a = ``--rho-a``, default eps / 2), ``error-max`` and
+``error-max-targeted`` (PGD against a clean surrogate trained for
+``--clean-epochs``; targeted to (y + 1) mod C), ``random``.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ from experiments import common
 from jaxue import checkpoint
 from jaxue import models
 from jaxue import noise as noise_lib
+from jaxue import rem as rem_lib
 from jaxue import train
 
 METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
-           "random")
+           "rem", "error-max", "error-max-targeted", "random")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,8 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--stop-error", type=float, default=None,
                  help="default: 0.01 sample-wise, 0.1 class-wise")
   p.add_argument("--pgd-steps", type=int, default=None,
-                 help="PGD steps per batch (default: 20 sample-wise, 1 "
-                 "class-wise)")
+                 help="PGD steps per batch (default: 20 sample-wise and "
+                 "error-max, 1 class-wise)")
   p.add_argument("--train-steps", type=common.positive_int, default=10,
                  help="surrogate steps per round (default 10)")
   p.add_argument("--sweep-batch-size", type=common.positive_int,
@@ -73,6 +83,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="weight draws per level and noise step (default 10)")
   pue.add_argument("--draw-chunk", type=common.positive_int, default=None,
                    help="draws vmapped at once (default all)")
+  add_rem_arguments(p)
+  em = p.add_argument_group("error-max (--method error-max[-targeted])")
+  em.add_argument("--clean-epochs", type=common.positive_int, default=10,
+                  help="epochs of the clean surrogate (default 10)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-resume", action="store_true",
                  help="ignore an existing checkpoint in --out/resume")
@@ -84,7 +98,50 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.method.startswith("pue-"):
     args.sigma_step = args.sigma_step or args.sigma / 5
     pue_config(args).check()
+  if args.method == "rem":
+    args.rho_a = args.epsilon / 2 if args.rho_a is None else args.rho_a
+    args.lr_decay_every = args.lr_decay_every or max(
+        1, round(0.4 * args.rem_train_steps))
+    rem_config(args).resolved()
   return args
+
+
+def rem_config(args: argparse.Namespace) -> rem_lib.REMConfig:
+  """The `REMConfig` of the REM flags (rho_u is --epsilon)."""
+  return rem_lib.REMConfig(
+      rho_u=args.epsilon, rho_a=args.rho_a, noise_steps=args.noise_steps,
+      eot_draws=args.eot_draws, attack_steps=args.attack_steps,
+      train_steps=args.rem_train_steps, lr_decay_every=args.lr_decay_every,
+      checkpoint_every=args.checkpoint_every,
+      sweep_batch_size=args.sweep_batch_size)
+
+
+# The REM flags' destinations, in the order `add_rem_arguments` adds them.
+REM_FLAGS = ("rho_a", "rem_train_steps", "lr_decay_every", "noise_steps",
+             "eot_draws", "attack_steps", "checkpoint_every")
+
+
+def add_rem_arguments(parser: argparse.ArgumentParser) -> None:
+  """Adds the REM flags (shared with `experiments.table`)."""
+  rem = parser.add_argument_group(
+      "REM (--method rem; defaults: Fu et al. 2022)")
+  rem.add_argument("--rho-a", type=common.parse_fraction, default=None,
+                   help="adversarial radius rho_a (default eps / 2; eps is "
+                   "rho_u)")
+  rem.add_argument("--rem-train-steps", type=common.nonnegative_int,
+                   default=5000, help="surrogate steps (default 5000)")
+  rem.add_argument("--lr-decay-every", type=common.positive_int,
+                   default=None, help="learning rate x0.1 every this many "
+                   "steps (default 2/5 of --rem-train-steps: 2000 of 5000)")
+  rem.add_argument("--noise-steps", type=common.nonnegative_int, default=10,
+                   help="PGD steps on the noise per batch (default 10)")
+  rem.add_argument("--eot-draws", type=common.positive_int, default=5,
+                   help="transformation draws K per noise step (default 5)")
+  rem.add_argument("--attack-steps", type=common.nonnegative_int, default=10,
+                   help="inner PGD ascent steps (default 10)")
+  rem.add_argument("--checkpoint-every", type=common.positive_int,
+                   default=200, help="surrogate steps per checkpoint "
+                   "(default 200)")
 
 
 def pue_config(args: argparse.Namespace) -> noise_lib.PUEConfig:
@@ -98,6 +155,8 @@ def _resume_config(args: argparse.Namespace) -> dict:
   keys = ("method", "dataset", "epsilon", "train_size", "model", "widths",
           "stop_error", "pgd_steps", "train_steps", "sweep_batch_size",
           "seed", "sigma", "sigma_step", "surrogate_draws", "noise_draws")
+  if args.method == "rem":
+    keys += REM_FLAGS
   return {k: common._jsonable(getattr(args, k)) for k in keys}  # pylint: disable=protected-access
 
 
@@ -126,58 +185,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
       delta = np.asarray(noise_lib.random_noise(craft_key, x_train.shape,
                                                 epsilon=args.epsilon))
     else:
-      model = models.make_model(**model_spec)
-      surrogate = train.create_train_state(init_key, model, shape,
-                                            train.make_optimizer(0.1))
-      resume_dir = out / "resume"
-      mode = args.method.split("-", 1)[1]
-      noise_shape = ((num_classes,) if mode == "classwise" else
-                     (len(y_train),)) + tuple(shape)
-      resume = _load_resume(resume_dir, args, surrogate, noise_shape)
-      cfg = noise_lib.EMConfig(
-          mode=mode, epsilon=args.epsilon,
-          pgd_steps=args.pgd_steps, train_steps=args.train_steps,
-          sweep_batch_size=args.sweep_batch_size,
-          stop_error=args.stop_error, max_rounds=args.max_rounds)
-
-      def on_round(round_index, state, noise, metrics):
-        del metrics
-        checkpoint.save_pytree(resume_dir / "state",
-                               {"state": _state_arrays(state),
-                                "noise": noise})
-        checkpoint.write_json(resume_dir / "progress.json", {
-            "round": round_index, "config": _resume_config(args),
-            "history": crafted_history})
-
-      crafted_history = resume["history"] if resume else None
-      crafted_history = crafted_history or {"accuracy": [], "loss": [],
-                                            "seconds": []}
-      robust = (noise_lib.pue_steps(cfg, pue_config(args))
-                if args.method.startswith("pue-") else {})
-      result = noise_lib.craft(
-          craft_key, resume["state"] if resume else surrogate, x_train,
-          y_train, cfg, num_classes=num_classes, **robust,
-          noise=resume["noise"] if resume else None,
-          start_round=resume["round"] + 1 if resume else 0,
-          history=crafted_history, on_round=on_round,
-          progress=f"craft {args.method}")
-      delta = result.noise
-      checkpoint.save_model(out / "surrogate", result.surrogate,
-                            model=model_spec, input_shape=shape,
-                            extra={"method": args.method,
-                                   "epsilon": args.epsilon,
-                                   "dataset": ds["name"],
-                                   **({"sigma": args.sigma}
-                                      if args.method.startswith("pue-")
-                                      else {})})
-      summary = {"rounds": len(result.history["accuracy"]),
-                 "converged": result.converged,
-                 "noisy_accuracy": result.history["accuracy"],
-                 "round_seconds": result.history["seconds"],
-                 "resumed_from_round": resume["round"] + 1 if resume else 0}
-      print(f"{summary['rounds']} rounds; surrogate accuracy on noisy data "
-            f"{result.history['accuracy'][-1]:.3f} "
-            f"({'converged' if result.converged else 'NOT converged'})")
+      craft_fn = {"rem": _craft_rem, "error-max": _craft_error_max,
+                  "error-max-targeted": _craft_error_max}.get(args.method,
+                                                              _craft_em)
+      delta, surrogate, summary = craft_fn(
+          args, ds, models.make_model(**model_spec), init_key, craft_key)
+      extra = {"method": args.method, "epsilon": args.epsilon,
+               "dataset": ds["name"]}
+      extra.update({"sigma": args.sigma} if args.method.startswith("pue-")
+                   else {"rho_a": args.rho_a} if args.method == "rem"
+                   else {})
+      checkpoint.save_model(out / "surrogate", surrogate, model=model_spec,
+                            input_shape=shape, extra=extra)
 
   released = noise_lib.release(x_train, y_train, delta, epsilon=args.epsilon)
   checkpoint.save_npz(out / "noise.npz", noise=delta,
@@ -201,9 +220,119 @@ def main(argv: Sequence[str] | None = None) -> dict:
   return results
 
 
+def _craft_em(args, ds, model, init_key, craft_key):
+  """EM / PUE crafting with a checkpoint after every round."""
+  x_train, y_train = ds["train"]
+  num_classes, shape = ds["num_classes"], ds["image_shape"]
+  surrogate = train.create_train_state(init_key, model, shape,
+                                        train.make_optimizer(0.1))
+  resume_dir = args.out / "resume"
+  mode = args.method.split("-", 1)[1]
+  noise_shape = ((num_classes,) if mode == "classwise" else
+                 (len(y_train),)) + tuple(shape)
+  resume = _load_resume(resume_dir, args, surrogate, noise_shape)
+  cfg = noise_lib.EMConfig(
+      mode=mode, epsilon=args.epsilon,
+      pgd_steps=args.pgd_steps, train_steps=args.train_steps,
+      sweep_batch_size=args.sweep_batch_size,
+      stop_error=args.stop_error, max_rounds=args.max_rounds)
+  crafted_history = resume["history"] if resume else None
+  crafted_history = crafted_history or {"accuracy": [], "loss": [],
+                                        "seconds": []}
+
+  def on_round(round_index, state, noise, metrics):
+    del metrics
+    _save_resume(resume_dir, args, round_index, state, noise,
+                 crafted_history)
+
+  robust = (noise_lib.pue_steps(cfg, pue_config(args))
+            if args.method.startswith("pue-") else {})
+  result = noise_lib.craft(
+      craft_key, resume["state"] if resume else surrogate, x_train,
+      y_train, cfg, num_classes=num_classes, **robust,
+      noise=resume["noise"] if resume else None,
+      start_round=resume["round"] + 1 if resume else 0,
+      history=crafted_history, on_round=on_round,
+      progress=f"craft {args.method}")
+  summary = {"rounds": len(result.history["accuracy"]),
+             "converged": result.converged,
+             "noisy_accuracy": result.history["accuracy"],
+             "round_seconds": result.history["seconds"],
+             "resumed_from_round": resume["round"] + 1 if resume else 0}
+  print(f"{summary['rounds']} rounds; surrogate accuracy on noisy data "
+        f"{result.history['accuracy'][-1]:.3f} "
+        f"({'converged' if result.converged else 'NOT converged'})")
+  return result.noise, result.surrogate, summary
+
+
+def _craft_rem(args, ds, model, init_key, craft_key):
+  """REM crafting with a checkpoint every ``--checkpoint-every`` units."""
+  x_train, y_train = ds["train"]
+  cfg = rem_config(args)
+  surrogate = train.create_train_state(init_key, model, ds["image_shape"],
+                                        cfg.optimizer())
+  resume_dir = args.out / "resume"
+  resume = _load_resume(resume_dir, args, surrogate, x_train.shape,
+                        unit="step")
+
+  def on_block(step, state, noise, history):
+    _save_resume(resume_dir, args, step, state, noise, history)
+
+  cost = rem_lib.rem_cost(cfg)
+  print(f"REM: {cfg.train_steps} surrogate steps of ~"
+        f"{cost['per_train_step']} forward/backward passes, then "
+        f"{rem_lib.total_units(cfg, len(y_train)) - cfg.train_steps} "
+        "regeneration batches")
+  result = rem_lib.robust_error_minimizing_noise(
+      craft_key, resume["state"] if resume else surrogate, x_train, y_train,
+      num_classes=ds["num_classes"], cfg=cfg,
+      noise=resume["noise"] if resume else None,
+      start_step=resume["round"] if resume else 0,
+      history=resume["history"] if resume else None, on_block=on_block,
+      progress="craft rem")
+  trained = [a for a in result.history["accuracy"] if a is not None]
+  summary = {"train_steps": cfg.train_steps, "rho_a": cfg.rho_a,
+             "passes_per_step": cost["per_train_step"],
+             "adversarial_train_accuracy": trained,
+             "block_steps": result.history["step"],
+             "block_seconds": result.history["seconds"],
+             "craft_seconds_total": round(sum(result.history["seconds"]), 1),
+             "resumed_from_step": resume["round"] if resume else 0}
+  return result.noise, result.surrogate, summary
+
+
+def _craft_error_max(args, ds, model, init_key, craft_key):
+  """A clean surrogate, then sample-wise PGD against it."""
+  x_train, y_train = ds["train"]
+  surrogate, history = train.train_victim(
+      init_key, model, x_train, y_train, test=ds["test"],
+      epochs=args.clean_epochs, progress="clean surrogate")
+  print(f"clean surrogate: test accuracy {history['test_accuracy'][-1]:.3f}")
+  targeted = args.method == "error-max-targeted"
+  steps = args.pgd_steps if args.pgd_steps is not None else 20
+  delta = noise_lib.error_maximizing_noise(
+      craft_key, surrogate, x_train, y_train,
+      num_classes=ds["num_classes"], epsilon=args.epsilon, steps=steps,
+      targeted=targeted)
+  summary = {"targeted": targeted, "clean_epochs": args.clean_epochs,
+             "surrogate_test_accuracy": history["test_accuracy"][-1],
+             "pgd_steps": steps}
+  return delta, surrogate, summary
+
+
+def _save_resume(resume_dir: pathlib.Path, args: argparse.Namespace,
+                 position: int, state: train.TrainState, noise: np.ndarray,
+                 history: dict) -> None:
+  checkpoint.save_pytree(resume_dir / "state",
+                         {"state": _state_arrays(state), "noise": noise})
+  checkpoint.write_json(resume_dir / "progress.json", {
+      "round": position, "config": _resume_config(args),
+      "history": history})
+
+
 def _load_resume(resume_dir: pathlib.Path, args: argparse.Namespace,
-                 surrogate: train.TrainState, noise_shape: tuple[int, ...]
-                 ) -> dict | None:
+                 surrogate: train.TrainState, noise_shape: tuple[int, ...],
+                 unit: str = "round") -> dict | None:
   """The state of an interrupted run of the same command, if any."""
   progress = resume_dir / "progress.json"
   if args.no_resume or not progress.exists():
@@ -216,7 +345,7 @@ def _load_resume(resume_dir: pathlib.Path, args: argparse.Namespace,
   like = {"state": _state_arrays(surrogate),
           "noise": np.zeros(noise_shape, np.float32)}
   restored = checkpoint.restore_pytree(resume_dir / "state", like)
-  print(f"resuming after round {saved['round']} ({resume_dir})")
+  print(f"resuming after {unit} {saved['round']} ({resume_dir})")
   return {"state": surrogate.replace(**restored["state"]),
           "noise": np.asarray(restored["noise"]), "round": saved["round"],
           "history": saved["history"]}

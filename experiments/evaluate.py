@@ -2,10 +2,15 @@
 
     python -m experiments.evaluate --released runs/em-sw --out runs/em-sw/eval
     python -m experiments.evaluate --clean --train-size 10000 --out runs/clean
+    python -m experiments.evaluate --released runs/rem --adversarial \\
+        --adv-radius 8/255 --out runs/rem/eval-adv
 
 ``--released`` takes a ``released.npz`` (or the ``--out`` folder of
 `experiments.craft`); ``--clean`` trains on the clean training set instead.
-The victim is evaluated on the clean test set after every epoch. Writes
+With ``--adversarial`` the victim is trained by Madry PGD adversarial
+training (radius ``--adv-radius``, ``--adv-steps`` steps of
+``--adv-step-size``; the model in eval mode during the attack). The victim is
+evaluated on the clean test set after every epoch. Writes
 ``results.json`` (final accuracy per seed, their mean, the curves),
 ``victim_curves.png`` and the first seed's checkpoint in ``victim/``.
 """
@@ -51,9 +56,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--augment", action="store_true",
                  help="random crop (+ flip for colour images) while "
                  "training")
+  adv = p.add_argument_group("adversarial training (Madry et al. 2018)")
+  adv.add_argument("--adversarial", action="store_true",
+                   help="train the victim adversarially (PGD, L-inf)")
+  adv.add_argument("--adv-radius", type=common.parse_fraction,
+                   default=4 / 255, help="attack radius (default 4/255, "
+                   "REM's rho_a)")
+  adv.add_argument("--adv-steps", type=common.nonnegative_int, default=10,
+                   help="PGD steps (default 10)")
+  adv.add_argument("--adv-step-size", type=common.parse_fraction,
+                   default=None, help="PGD step (default radius / 5)")
   p.add_argument("--seeds", type=common.positive_int, default=1)
   p.add_argument("--seed", type=int, default=0)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.adversarial:
+    adversarial_config(args)  # Bad --adv-* values fail before any work.
+  return args
+
+
+def adversarial_config(args: argparse.Namespace) -> train.AdversarialConfig:
+  """The validated attack settings of ``--adv-*``."""
+  return train.AdversarialConfig(args.adv_radius, args.adv_steps,
+                                 args.adv_step_size).resolved()
 
 
 def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   model = models.make_model(**model_spec)
   augment = (data_lib.default_augmentation(x_train.shape[1:])
              if args.augment else None)
+  adversarial = adversarial_config(args) if args.adversarial else None
   key = jax.random.key(args.seed)
   finals, curves = [], []
   with timer("train"):
@@ -104,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           jax.random.fold_in(key, s), model, x_train, y_train,
           test=(x_test, y_test), epochs=args.epochs,
           batch_size=args.batch_size, learning_rate=args.learning_rate,
-          augment=augment, progress=f"victim seed {s}")
+          augment=augment, adversarial=adversarial,
+          progress=f"victim seed {s}")
       finals.append(history["test_accuracy"][-1])
       curves.append(history["test_accuracy"])
       print(f"seed {s}: clean test accuracy {finals[-1]:.4f}")
@@ -120,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "training_data": "clean" if args.clean else str(args.released),
       "train_size": len(y_train), "test_size": len(y_test),
       "epochs": args.epochs, "augment": args.augment,
+      "adversarial": adversarial._asdict() if adversarial else None,
       "victim_accuracy": float(np.mean(finals)),
       "victim_accuracy_std": float(np.std(finals)),
       "victim_accuracy_per_seed": finals,

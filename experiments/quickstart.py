@@ -73,9 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "certificate; the published N is 1000)")
   cert.add_argument("--cert-test-size", type=common.positive_int,
                     default=2000, help="test images per draw (default 2000)")
-  cert.add_argument("--pue-draws", type=common.positive_int, default=4,
+  cert.add_argument("--pue-draws", type=common.positive_int, default=2,
                     help="PUE weight draws per level in surrogate steps "
-                    "(default 4 on CPU; published 100)")
+                    "(default 2 on CPU; published 100)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   noise_lib.check_epsilon(args.epsilon)

@@ -217,10 +217,13 @@ def _padded_batches(indices: jax.Array, batch_size: int, fill: int
   return padded.at[:n].set(indices).reshape(num_batches, batch_size)
 
 
-def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_step):
-  """K PGD descent steps on every image's noise, in index order."""
+def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_step,
+                      indices=None):
+  """K PGD descent steps on every image's noise (or those of ``indices``),
+  in index order."""
   n = images.shape[0]
-  batches = _padded_batches(jnp.arange(n), cfg.sweep_batch_size, n)
+  indices = jnp.arange(n) if indices is None else indices
+  batches = _padded_batches(indices, cfg.sweep_batch_size, n)
 
   def body(noise, batch_and_index):
     idx, i = batch_and_index
@@ -495,9 +498,7 @@ def _map_draws(fn, keys, chunk):
 
 def _perturb(key, params, sigma):
   # Same draw as the certifier's, so "robust to the noise we certify with"
-  # means exactly that. Level 0 is the unperturbed surrogate.
-  if isinstance(sigma, (int, float)) and sigma == 0:
-    return params
+  # means exactly that. Sigma is traced (level 0 adds exact zeros).
   return certify.perturb_params(key, params, sigma)
 
 
@@ -515,25 +516,30 @@ def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
   """
   x, y = batch
   x = train_lib.as_float(x)
-  metrics = []
-  for j, sigma in enumerate(pue.levels()):
 
-    def loss(params, draw_key, sigma=sigma):
-      noisy = _perturb(draw_key, params, sigma)
-      logits, stats = state.apply_fn(
-          {"params": noisy, "batch_stats": state.batch_stats}, x, True)
-      return train_lib.cross_entropy(logits, y), stats
+  def loss(params, draw_key, sigma):
+    noisy = _perturb(draw_key, params, sigma)
+    logits, stats = state.apply_fn(
+        {"params": noisy, "batch_stats": state.batch_stats}, x, True)
+    return train_lib.cross_entropy(logits, y), stats
 
+  def level_step(state, level):
+    j, sigma = level
     draws = jax.random.split(jax.random.fold_in(key, j), pue.surrogate_draws)
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
     (losses, stats), grads = _map_draws(
-        lambda k: jax.value_and_grad(loss, has_aux=True)(state.params, k),
-        draws, pue.draw_chunk)
+        lambda k: grad_fn(state.params, k, sigma), draws, pue.draw_chunk)
     mean = functools.partial(jnp.mean, axis=0)
     state = train_lib.apply_gradients(state, jax.tree.map(mean, grads),
                                       jax.tree.map(mean, stats))
-    metrics.append(losses.mean())
-  return state, {"loss": jnp.stack(metrics).mean(),
-                 "accuracy": jnp.zeros(())}
+    return state, losses.mean()
+
+  # A scan over the levels (sigma traced) compiles the step once, not T
+  # times; at sigma = 0 the draws add exact zeros.
+  levels = jnp.asarray(pue.levels(), jnp.float32)
+  state, losses = jax.lax.scan(
+      level_step, state, (jnp.arange(levels.shape[0]), levels))
+  return state, {"loss": losses.mean(), "accuracy": jnp.zeros(())}
 
 
 def robust_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
@@ -614,3 +620,73 @@ def pue_steps(cfg: EMConfig, pue: PUEConfig) -> dict[str, Any]:
           "robust_noise_step": functools.partial(robust_noise_step, cfg=cfg,
                                                  pue=pue),
           "robust_after": pue.robust_after}
+
+
+# ---------------------------------------------------------------------------
+# Error-maximizing noise: adversarial examples of a clean surrogate.
+# ---------------------------------------------------------------------------
+
+
+def _negated_eval_loss(state: TrainState, x: jax.Array, y: jax.Array,
+                       key: jax.Array) -> jax.Array:
+  """Minus `eval_loss`: descending it ascends the cross-entropy."""
+  return -eval_loss(state, x, y, key)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "noise_step"))
+def _sweep(state, noise, images, labels, key, *, cfg, noise_step):
+  return _sweep_samplewise(state, noise, images, labels, key, cfg=cfg,
+                           noise_step=noise_step)
+
+
+def error_maximizing_noise(key: jax.Array, state: TrainState,
+                           images: np.ndarray, labels: np.ndarray, *,
+                           num_classes: int, epsilon: float = 8 / 255,
+                           step_size: float | None = None, steps: int = 20,
+                           targeted: bool = False, batch_size: int = 256,
+                           random_start: bool = False) -> np.ndarray:
+  """Sample-wise error-maximizing noise (the baseline of Huang et al.,
+  ICLR 2021, Sec. 4.1, and Fu et al., ICLR 2022, Sec. 5.1).
+
+  PGD against a *fully trained clean* surrogate (train it first, e.g. with
+  `jaxue.train.train_victim` on the clean data), frozen in eval mode:
+
+  * untargeted: ascend ``CE(f(x + delta), y)``;
+  * targeted: descend ``CE(f(x + delta), (y + 1) mod C)`` (the class
+    permutation of Fowl et al., "Adversarial Examples Make Strong Poisons",
+    NeurIPS 2021).
+
+  Defaults: 20 steps of eps / 10 (PGD-20 as in the UE paper's baseline) from
+  zero, all of the images swept in index order in one jitted `lax.scan`.
+
+  Args:
+    key: randomness of the uniform start (used only if ``random_start``).
+    state: the trained clean surrogate.
+    images: uint8 NHWC clean training images.
+    labels: int labels.
+    num_classes: number of classes (targets wrap modulo it).
+    epsilon: L-inf budget.
+    step_size: PGD step (eps / 10 when None).
+    steps: PGD steps per image.
+    targeted: target ``(y + 1) mod num_classes`` instead of ascending.
+    batch_size: images attacked at once (a speed knob: eval mode).
+    random_start: start from U(-eps, eps) instead of zero.
+
+  Returns:
+    float32 noise of shape ``images.shape``, ``|noise| <= epsilon``.
+  """
+  data_lib.check_dataset(images, labels, num_classes=num_classes)
+  cfg = EMConfig(mode="samplewise", epsilon=epsilon, step_size=step_size,
+                 pgd_steps=steps, sweep_batch_size=batch_size).resolved()
+  start_key, sweep_key = jax.random.split(key)
+  x = train_lib.as_float(jnp.asarray(images))
+  y = jnp.asarray(labels, jnp.int32)
+  if targeted:
+    y = (y + 1) % num_classes
+  noise = (random_noise(start_key, x.shape, epsilon=cfg.epsilon)
+           if random_start else jnp.zeros_like(x))
+  step = functools.partial(
+      pgd_noise_step, cfg=cfg,
+      noise_loss=eval_loss if targeted else _negated_eval_loss)
+  return np.asarray(_sweep(state, noise, x, y, sweep_key, cfg=cfg,
+                           noise_step=step))

@@ -6,7 +6,10 @@ gradient, as in PyTorch), global-norm gradient clipping at 5, learning rate
 0.1 (cosine to zero for victims, constant while crafting EM noise).
 
 ``train_step(state, batch, key)`` keeps the state first so that it composes
-with `lax.scan`; a whole epoch runs inside one jitted `lax.scan`.
+with `lax.scan`; a whole epoch runs inside one jitted `lax.scan`. Victims can
+also be trained adversarially (Madry et al., ICLR 2018): pass an
+`AdversarialConfig` to `fit` / `train_victim` / `train_epoch`, which then
+run `adversarial_train_step`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import functools
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax import struct
 import jax
@@ -24,6 +27,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxue import data as data_lib
+from jaxue import pgd as pgd_lib
 from jaxue.models import Model, Variables
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
@@ -151,24 +155,32 @@ def epoch_indices(key: jax.Array, num_examples: int,
   return perm[: num_batches * batch_size].reshape(num_batches, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "augment"),
+@functools.partial(jax.jit,
+                   static_argnames=("batch_size", "augment", "adversarial"),
                    donate_argnums=(0,))
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
                 key: jax.Array, *, batch_size: int = 128,
-                augment: Augment | None = None
+                augment: Augment | None = None,
+                adversarial: AdversarialConfig | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One shuffled epoch of `train_step` as a single `lax.scan`.
 
+  With ``adversarial``, every step is `adversarial_train_step` instead
+  (Madry PGD adversarial training).
+
   Returns:
-    The new state and the epoch's mean ``{"loss", "accuracy"}``.
+    The new state and the epoch's mean ``{"loss", "accuracy"}`` (on the
+    adversarial batches when ``adversarial`` is given).
   """
   perm_key, step_key = jax.random.split(key)
   batches = epoch_indices(perm_key, images.shape[0], batch_size)
+  step = (train_step if adversarial is None else
+          functools.partial(adversarial_train_step, cfg=adversarial))
 
   def body(state, index_and_batch):
     i, idx = index_and_batch
-    return train_step(state, (images[idx], labels[idx]),
-                      jax.random.fold_in(step_key, i), augment=augment)
+    return step(state, (images[idx], labels[idx]),
+                jax.random.fold_in(step_key, i), augment=augment)
 
   state, metrics = jax.lax.scan(
       body, state, (jnp.arange(batches.shape[0]), batches))
@@ -221,6 +233,7 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
         train_labels: np.ndarray, *, epochs: int, batch_size: int = 128,
         augment: Augment | None = None,
         test: tuple[np.ndarray, np.ndarray] | None = None,
+        adversarial: AdversarialConfig | None = None,
         progress: bool | str = True) -> tuple[TrainState, dict[str, list]]:
   """Trains for ``epochs`` epochs and records the per-epoch test accuracy.
 
@@ -236,6 +249,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     batch_size: SGD batch size.
     augment: optional ``augment(key, images)`` on float batches.
     test: optional clean ``(images, labels)`` evaluated after every epoch.
+    adversarial: if given, Madry PGD adversarial training
+      (`adversarial_train_step`) with these attack settings.
     progress: show a tqdm bar; a string is used as its description.
 
   Returns:
@@ -244,6 +259,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}")
+  if adversarial is not None:
+    adversarial = adversarial.resolved()
   data_lib.check_dataset(np.asarray(train_images), np.asarray(train_labels))
   if test is not None:
     data_lib.check_dataset(np.asarray(test[0]), np.asarray(test[1]))
@@ -257,7 +274,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     start = time.perf_counter()
     state, metrics = train_epoch(state, images, labels,
                                  jax.random.fold_in(key, epoch),
-                                 batch_size=batch_size, augment=augment)
+                                 batch_size=batch_size, augment=augment,
+                                 adversarial=adversarial)
     history["train_loss"].append(float(metrics["loss"]))
     history["train_accuracy"].append(float(metrics["accuracy"]))
     if test is not None:
@@ -275,11 +293,14 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                  labels: np.ndarray, *, test: tuple[np.ndarray, np.ndarray],
                  epochs: int, batch_size: int = 128,
                  learning_rate: float = 0.1, augment: Augment | None = None,
+                 adversarial: AdversarialConfig | None = None,
                  progress: bool | str = True
                  ) -> tuple[TrainState, dict[str, list]]:
   """Trains a fresh victim as the adversary would (DESIGN.md, "Surrogate and
   victim training"): new initialisation, SGD with cosine decay to zero, on
   the released uint8 images; records the clean test accuracy per epoch.
+  With ``adversarial``, the victim is trained adversarially (Madry et al.
+  2018; the defence REM is built to survive, Fu et al. 2022, Sec. 5).
 
   The victim's result is ``history["test_accuracy"][-1]``.
   """
@@ -289,4 +310,111 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                              cosine_optimizer(steps, learning_rate))
   return fit(fit_key, state, images, labels, epochs=epochs,
              batch_size=batch_size, augment=augment, test=test,
-             progress=progress)
+             adversarial=adversarial, progress=progress)
+
+
+# ---------------------------------------------------------------------------
+# Adversarial training (Madry et al., "Towards Deep Learning Models Resistant
+# to Adversarial Attacks", ICLR 2018).
+# ---------------------------------------------------------------------------
+
+
+class AdversarialConfig(NamedTuple):
+  """Madry PGD adversarial training settings.
+
+  The defaults are the evaluation of Fu et al. ("Robust Unlearnable
+  Examples", ICLR 2022, Sec. 5): radius rho_a = 4/255 and 10 steps of
+  rho_a / 5 from a uniform start in the ball.
+
+  Attributes:
+    epsilon: L-inf attack radius (> 0).
+    steps: PGD ascent steps (>= 0).
+    step_size: PGD step (epsilon / 5 when None).
+  """
+
+  epsilon: float = 4 / 255
+  steps: int = 10
+  step_size: float | None = None
+
+  def resolved(self) -> AdversarialConfig:
+    """The config with the default step size filled in, validated."""
+    epsilon = float(self.epsilon)
+    if not np.isfinite(epsilon) or not 0 < epsilon <= 1:
+      raise ValueError(
+          f"adversarial epsilon must be in (0, 1] (pixel units, e.g. 4/255),"
+          f" got {self.epsilon}")
+    if int(self.steps) != self.steps or self.steps < 0:
+      raise ValueError(f"adversarial steps must be an integer >= 0, got "
+                       f"{self.steps}")
+    step_size = (float(self.step_size) if self.step_size is not None
+                 else epsilon / 5)
+    if not step_size > 0:
+      raise ValueError(f"adversarial step_size must be > 0, got {step_size}")
+    return AdversarialConfig(epsilon, int(self.steps), step_size)
+
+
+def pgd_attack(state: TrainState, images: jax.Array, labels: jax.Array,
+               key: jax.Array, *, epsilon: float, step_size: float,
+               steps: int) -> jax.Array:
+  """Untargeted L-inf PGD from a uniform start (Madry et al. 2018, Sec. 2).
+
+  The model is in **eval mode** (batch-norm running statistics, no
+  statistics update) during the attack, as in the REM reference code, which
+  calls ``model.eval()`` before attacking and ``model.train()`` after.
+
+  Args:
+    state: the attacked model (frozen).
+    images: float32 inputs in [0, 1].
+    labels: int labels whose cross-entropy is maximised.
+    key: randomness of the uniform start.
+    epsilon: L-inf radius.
+    step_size: signed-gradient step.
+    steps: number of ascent steps (a Python int).
+
+  Returns:
+    The perturbation delta: ``|delta| <= epsilon``, ``images + delta`` in
+    [0, 1].
+  """
+
+  def loss(inputs):
+    logits, _ = state.apply_fn(state.variables, inputs, False)
+    return cross_entropy(logits, labels) * inputs.shape[0]
+
+  return pgd_lib.pgd(loss, images, epsilon=epsilon, step_size=step_size,
+                     steps=steps, descent=False, key=key)
+
+
+def adversarial_train_step(state: TrainState,
+                           batch: tuple[jax.Array, jax.Array],
+                           key: jax.Array, *,
+                           cfg: AdversarialConfig = AdversarialConfig(),
+                           augment: Augment | None = None
+                           ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of Madry PGD adversarial training.
+
+  ``min_theta E max_{||delta|| <= eps} CE(f_theta(x + delta), y)``
+  (Madry et al. 2018, Eq. 2.1): the batch is augmented (if ``augment``),
+  attacked by `pgd_attack` with the model in eval mode, then one `train_step`
+  (train mode) is taken on the adversarial batch.
+
+  Args:
+    state: the model's training state.
+    batch: ``(images, labels)``; uint8 or float32 [0, 1] NHWC images.
+    key: randomness (augmentation, the attack's uniform start).
+    cfg: the attack settings.
+    augment: optional per-sample augmentation ``augment(key, images)``,
+      applied before the attack.
+
+  Returns:
+    The new state and ``{"loss", "accuracy"}`` on the adversarial batch.
+  """
+  cfg = cfg.resolved()
+  images, labels = batch
+  images = as_float(images)
+  augment_key, attack_key, step_key = jax.random.split(key, 3)
+  if augment is not None:
+    images = augment(augment_key, images)
+  delta = pgd_attack(state, images, labels, attack_key, epsilon=cfg.epsilon,
+                     step_size=cfg.step_size, steps=cfg.steps)
+  adversarial = images + jax.lax.stop_gradient(delta)
+  return train_step(state, (adversarial, labels), step_key)
