@@ -17,6 +17,21 @@ rerunning the same command resumes, and a larger ``--n`` extends the run),
 Draw i of the main run uses ``fold_in(k, i)`` with ``k`` the first key of
 ``split(key(seed))``; the sweep uses the second key and the same standard
 normal directions at every σ.
+
+Devices: draws are sharded over every visible device (``--devices all``,
+the default; ``--devices 1`` keeps one), with identical results. Multi-host
+(``--distributed``): start the same command on every host; each calls
+``jax.distributed.initialize()`` (cluster auto-detection on SLURM, Open MPI
+and Cloud TPU, or ``--coordinator-address``, ``--num-processes``,
+``--process-id``), the draws are sharded over all hosts' devices, every
+process receives all accuracies, and process 0 alone writes ``--out`` (put
+it on a filesystem all hosts share, so a rerun resumes on every host)::
+
+    # on each of 8 hosts (process id 0..7), 8 GPUs each
+    python -m experiments.certify --distributed \
+        --coordinator-address host0:1234 --num-processes 8 --process-id $i \
+        --checkpoint /shared/pue/surrogate --n 40000 --sigma 0.25 \
+        --out /shared/certify
 """
 
 from __future__ import annotations
@@ -93,7 +108,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--test-size", type=common.positive_int, default=None,
                  help="use only the first N test images (smoke runs)")
   p.add_argument("--seed", type=int, default=0)
+  dist = p.add_argument_group("devices and hosts")
+  dist.add_argument("--devices", choices=("all", "1"), default="all",
+                    help="shard draws over all visible devices (default) "
+                    "or use one")
+  dist.add_argument("--distributed", action="store_true",
+                    help="multi-host: call jax.distributed.initialize() "
+                    "first (auto-detects SLURM / Open MPI / Cloud TPU)")
+  dist.add_argument("--coordinator-address", default=None,
+                    help="host:port of process 0 (with --distributed)")
+  dist.add_argument("--num-processes", type=common.positive_int,
+                    default=None, help="processes in all (with "
+                    "--distributed)")
+  dist.add_argument("--process-id", type=common.nonnegative_int,
+                    default=None, help="this process's id (with "
+                    "--distributed)")
   args = p.parse_args(argv)
+  if not args.distributed and any(
+      v is not None for v in (args.coordinator_address, args.num_processes,
+                              args.process_id)):
+    raise common.UsageError("--coordinator-address, --num-processes and "
+                            "--process-id need --distributed")
   if not 0 < args.q < 1:
     raise common.UsageError(f"--q must be in (0, 1), got {args.q}")
   if not 0 < args.confidence < 1:
@@ -154,7 +189,8 @@ def certify_checkpoint(
     simultaneous: str | None = None, sweep_sigmas: Sequence[float] = (),
     sweep_draws: int = 32, path: pathlib.Path | None = None,
     segment_draws: int | None = None, chunk_size: int | None = None,
-    batch_size: int = 1000, name: str = "model", verbose: bool = True
+    batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None,
+    name: str = "model", verbose: bool = True
 ) -> dict[str, Any]:
   """Sweep σ, draw N smoothed accuracies and certify one model.
 
@@ -181,6 +217,8 @@ def certify_checkpoint(
     segment_draws: draws between saves (default 16 chunks).
     chunk_size: draws vmapped together (`certify.sample_accuracies`).
     batch_size: test images per forward pass.
+    mesh: optional device mesh with a "samples" axis: draws are sharded over
+      it (`certify.sample_accuracies`); only process 0 writes `path`.
     name: label in printed messages.
     verbose: print the sweep, a progress bar and the throughput.
 
@@ -200,14 +238,14 @@ def certify_checkpoint(
   saved = _load_saved(path, config)
 
   def save():
-    if path is not None:
+    if path is not None and jax.process_index() == 0:
       checkpoint.save_npz(path, config=np.array(json.dumps(config)), **saved)
 
   def sample(k, s, first, count):
     return certify.sample_accuracies(
         k, model.apply, variables, images, labels, sigma=s, num_draws=count,
         first_draw=first, chunk_size=chunk_size, batch_size=batch_size,
-        chunks_per_block=CHUNKS_PER_BLOCK)
+        chunks_per_block=CHUNKS_PER_BLOCK, mesh=mesh)
 
   if "unperturbed" not in saved:
     accuracy = train.evaluate(model.apply, variables, images, labels,
@@ -236,7 +274,9 @@ def certify_checkpoint(
   acc = saved.get("accuracies", np.zeros((0,)))
   seconds = float(saved.get("seconds", 0.0))
   done = len(acc)
-  block = CHUNKS_PER_BLOCK * (chunk_size or certify.default_chunk_size())
+  devices = 1 if mesh is None else mesh.size
+  block = (CHUNKS_PER_BLOCK * devices
+           * (chunk_size or certify.default_chunk_size()))
   segment = -(-(segment_draws or 4 * block) // block) * block
   if verbose and done:
     print(f"{name}: resuming: {min(done, num_draws)} of {num_draws} draws "
@@ -315,9 +355,20 @@ def _file_name(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def device_mesh(args: argparse.Namespace) -> jax.sharding.Mesh | None:
+  """The draws' mesh over every device of every process (None for one)."""
+  if args.distributed:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes,
+                               args.process_id)
+  if args.devices == "1" or jax.device_count() == 1:
+    return None
+  return jax.make_mesh((jax.device_count(),), ("samples",))
+
+
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  mesh = device_mesh(args)
   timer = common.Timer()
   with timer("load"):
     loaded = _load_checkpoints(args)
@@ -350,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           sweep_sigmas=args.sigma_sweep, sweep_draws=args.sweep_draws,
           path=out / f"accuracies-{_file_name(name)}.npz",
           segment_draws=args.segment_draws, chunk_size=args.chunk_size,
-          batch_size=args.batch_size, name=name)
+          batch_size=args.batch_size, mesh=mesh, name=name)
 
   if args.sigma_sweep:
     print(f"\nsmoothed accuracy over {args.sweep_draws} draws per sigma")
@@ -380,29 +431,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"\ndraws N needed to certify eta at sigma {args.sigma:g}: " +
         ", ".join(f"{eta:g}: {_count(n)}" for eta, n in needed.items()))
 
+  writer = jax.process_index() == 0  # One process writes --out.
   with timer("figures"), warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "No artists with labels")  # All abstain.
-    figures.line_plot(
-        out / "certified_learnability.png",
-        {name: list(zip(r["curve"].etas, r["curve"].values))
-         for name, r in runs.items()},
-        xlabel="eta (parameter-space radius)",
-        ylabel=f"certified ({args.q:g}, eta)-learnability", logx=True,
-        title=f"sigma {args.sigma:g}, N {args.n}, confidence "
-        f"{args.confidence:g}, {args.simultaneous}")
-    if args.sigma_sweep:
-      series = {}
-      for name, r in runs.items():
-        sweep = r["sigma_sweep"]
-        series[f"{name} mean"] = [(s, st["mean"]) for s, st in sweep.items()]
-        series[f"{name} {args.q:g}-quantile"] = [
-            (s, st["q_quantile"]) for s, st in sweep.items()]
+    if writer:
+      warnings.filterwarnings("ignore", "No artists with labels")  # All abstain.
       figures.line_plot(
-          out / "sigma_sweep.png", series, xlabel="sigma",
-          ylabel="smoothed test accuracy", logx=True,
-          title=f"{args.sweep_draws} draws per sigma; unperturbed: " +
-          ", ".join(f"{n} {r['summary']['unperturbed']:.3f}"
-                    for n, r in runs.items()))
+          out / "certified_learnability.png",
+          {name: list(zip(r["curve"].etas, r["curve"].values))
+           for name, r in runs.items()},
+          xlabel="eta (parameter-space radius)",
+          ylabel=f"certified ({args.q:g}, eta)-learnability", logx=True,
+          title=f"sigma {args.sigma:g}, N {args.n}, confidence "
+          f"{args.confidence:g}, {args.simultaneous}")
+      if args.sigma_sweep:
+        series = {}
+        for name, r in runs.items():
+          sweep = r["sigma_sweep"]
+          series[f"{name} mean"] = [(s, st["mean"]) for s, st in sweep.items()]
+          series[f"{name} {args.q:g}-quantile"] = [
+              (s, st["q_quantile"]) for s, st in sweep.items()]
+        figures.line_plot(
+            out / "sigma_sweep.png", series, xlabel="sigma",
+            ylabel="smoothed test accuracy", logx=True,
+            title=f"{args.sweep_draws} draws per sigma; unperturbed: " +
+            ", ".join(f"{n} {r['summary']['unperturbed']:.3f}"
+                      for n, r in runs.items()))
 
   results = {
       "dataset": args.dataset, "test_size": len(y_test),
@@ -426,13 +479,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "computed_draws": {name: r["computed_draws"]
                          for name, r in runs.items()},
       "min_draws": {f"{eta:g}": n for eta, n in needed.items()},
+      "devices": 1 if mesh is None else mesh.size,
+      "processes": jax.process_count(),
       "wall_seconds": dict(timer.seconds,
                            total=round(sum(timer.seconds.values()), 2)),
       **common.metadata(args),
   }
-  checkpoint.write_json(out / "results.json", results)
-  print(f"wrote {out / 'results.json'}, certified_learnability.png"
-        + (", sigma_sweep.png" if args.sigma_sweep else ""))
+  if writer:
+    checkpoint.write_json(out / "results.json", results)
+    print(f"wrote {out / 'results.json'}, certified_learnability.png"
+          + (", sigma_sweep.png" if args.sigma_sweep else ""))
   return results
 
 

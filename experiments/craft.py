@@ -4,20 +4,31 @@
         --out runs/em-sw
     python -m experiments.craft --method rem --epsilon 16/255 --out runs/rem
     python -m experiments.craft --method error-max --out runs/error-max
+    python -m experiments.craft --method lsp --l2-epsilon 1.3 --out runs/lsp
 
 Writes to ``--out``: ``noise.npz`` (the float noise, the training-subset
 indices and labels), ``released.npz`` (the protected uint8 images and their
 labels: what a data owner publishes), ``surrogate/`` (the crafting
-surrogate's checkpoint, for certification) and ``results.json``. EM/PUE
-crafting checkpoints every round, REM every ``--checkpoint-every`` surrogate
-steps (or regeneration batches), to ``--out/resume``; rerunning the same
-command after an interruption resumes from the last checkpoint.
+surrogate's checkpoint, for certification; not for the model-free methods)
+and ``results.json``. EM/PUE crafting checkpoints every round, REM every
+``--checkpoint-every`` surrogate steps (or regeneration batches), to
+``--out/resume``; rerunning the same command after an interruption resumes
+from the last checkpoint.
 
 Methods: ``em-*`` / ``pue-*`` (error-minimizing, Huang et al. 2021; provably
 unlearnable, Wang et al. 2025), ``rem`` (robust error-minimizing, Fu et al.
 2022, sample-wise, rho_a = ``--rho-a``, default eps / 2), ``error-max`` and
 ``error-max-targeted`` (PGD against a clean surrogate trained for
 ``--clean-epochs``; targeted to (y + 1) mod C), ``random``.
+
+Model-free baselines (no surrogate; ``jaxue.baselines``), whose budgets are
+not the L-inf ``--epsilon``: ``ops`` (One-Pixel Shortcut, Wu et al. 2023:
+one pixel per image), ``ar`` (autoregressive perturbations, Sandoval-Segura
+et al. 2022: L2 norm ``--l2-epsilon``, default 1.0) and ``lsp`` (linearly
+separable patches, Yu et al. 2022: L2 norm ``--l2-epsilon``, default
+sqrt(H*W*C) * 6/255, 1.30 on CIFAR-10, with ``--patch-size`` patches,
+default side / 4). results.json records their budget (``l2_epsilon`` or
+``pixels_changed``) and ``noise_l2_max``; ``epsilon`` is null for them.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import jax
 import numpy as np
 
 from experiments import common
+from jaxue import baselines
 from jaxue import checkpoint
 from jaxue import models
 from jaxue import noise as noise_lib
@@ -38,7 +50,12 @@ from jaxue import rem as rem_lib
 from jaxue import train
 
 METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
-           "rem", "error-max", "error-max-targeted", "random")
+           "rem", "error-max", "error-max-targeted", "random", "ops", "ar",
+           "lsp")
+# Methods crafted without a surrogate.
+MODEL_FREE = ("random", "ops", "ar", "lsp")
+# Methods whose budget is not an L-inf ball (L2 for ar/lsp, L0 for ops).
+NOT_LINF = ("ops", "ar", "lsp")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -87,6 +104,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   em = p.add_argument_group("error-max (--method error-max[-targeted])")
   em.add_argument("--clean-epochs", type=common.positive_int, default=10,
                   help="epochs of the clean surrogate (default 10)")
+  free = p.add_argument_group("model-free baselines (--method ops/ar/lsp)")
+  free.add_argument("--l2-epsilon", type=common.parse_fraction, default=None,
+                    help="L2 norm of each AR / LSP perturbation in [0, 1] "
+                    "units (default: 1.0 for ar, sqrt(H*W*C) * 6/255 for "
+                    "lsp)")
+  free.add_argument("--patch-size", type=common.positive_int, default=None,
+                    help="LSP patch side; must divide the image sides "
+                    "(default: side / 4)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-resume", action="store_true",
                  help="ignore an existing checkpoint in --out/resume")
@@ -95,6 +120,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raise common.UsageError(
         f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
   noise_lib.check_epsilon(args.epsilon)
+  if args.l2_epsilon is not None:
+    if args.method not in ("ar", "lsp"):
+      raise common.UsageError("--l2-epsilon applies to --method ar and lsp "
+                              "only")
+    if not args.l2_epsilon > 0:
+      raise common.UsageError(
+          f"--l2-epsilon must be > 0, got {args.l2_epsilon}")
+  if args.patch_size is not None and args.method != "lsp":
+    raise common.UsageError("--patch-size applies to --method lsp only")
   if args.method.startswith("pue-"):
     args.sigma_step = args.sigma_step or args.sigma / 5
     pue_config(args).check()
@@ -176,14 +210,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   model_spec = {"name": args.model, "num_classes": num_classes,
                 "widths": list(args.widths) if args.widths else None}
   summary: dict = {}
-  print(f"{ds['name']}: crafting {args.method} at eps = "
-        f"{common.epsilon_label(args.epsilon)} for {len(y_train)} images "
-        f"({jax.default_backend()})")
+  arrays: dict = {}
+  budget, budget_label = _budget(args, shape)
+  print(f"{ds['name']}: crafting {args.method} at {budget_label} for "
+        f"{len(y_train)} images ({jax.default_backend()})")
 
   with timer("craft"):
-    if args.method == "random":
-      delta = np.asarray(noise_lib.random_noise(craft_key, x_train.shape,
-                                                epsilon=args.epsilon))
+    if args.method in MODEL_FREE:
+      delta, summary, arrays = _craft_model_free(args, ds, craft_key, budget)
     else:
       craft_fn = {"rem": _craft_rem, "error-max": _craft_error_max,
                   "error-max-targeted": _craft_error_max}.get(args.method,
@@ -198,18 +232,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
       checkpoint.save_model(out / "surrogate", surrogate, model=model_spec,
                             input_shape=shape, extra=extra)
 
-  released = noise_lib.release(x_train, y_train, delta, epsilon=args.epsilon)
+  linf = args.method not in NOT_LINF
+  # LSP noise is class-wise; index it so that release cannot mistake it
+  # for sample-wise noise when there are as many images as classes.
+  released = noise_lib.release(
+      x_train, y_train, delta[y_train] if args.method == "lsp" else delta,
+      epsilon=args.epsilon if linf else None)
   checkpoint.save_npz(out / "noise.npz", noise=delta,
-                      train_indices=ds["indices"], labels=y_train)
+                      train_indices=ds["indices"], labels=y_train, **arrays)
   checkpoint.save_npz(out / "released.npz", images=released, labels=y_train,
                       train_indices=ds["indices"])
   results = {
       "dataset": ds["name"], "method": args.method,
-      "epsilon": args.epsilon,
-      "epsilon_label": common.epsilon_label(args.epsilon),
-      "train_size": len(y_train), "model": model_spec,
+      "epsilon": args.epsilon if linf else None,
+      "epsilon_label": (common.epsilon_label(args.epsilon) if linf
+                        else budget_label),
+      **budget,
+      "train_size": len(y_train),
+      "model": None if args.method in NOT_LINF else model_spec,
       "noise_shape": list(delta.shape),
       "noise_linf": float(np.abs(delta).max()),
+      "noise_l2_max": float(np.sqrt(np.square(
+          delta.astype(np.float64)).reshape(len(delta), -1).sum(1)).max()),
       "craft": summary,
       "wall_seconds": dict(timer.seconds),
       **common.metadata(args),
@@ -218,6 +262,53 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"wrote {out}/released.npz, noise.npz, results.json "
         f"({timer.seconds['craft']:.0f} s crafting)")
   return results
+
+
+def _budget(args: argparse.Namespace, shape) -> tuple[dict, str]:
+  """The results.json budget entries of a method, and its label."""
+  if args.method == "ops":
+    return {"pixels_changed": 1}, "1 pixel per image (L0)"
+  if args.method in ("ar", "lsp"):
+    default = (1.0 if args.method == "ar"
+               else baselines.lsp_default_epsilon(shape))
+    l2 = args.l2_epsilon if args.l2_epsilon is not None else default
+    return {"l2_epsilon": l2}, f"L2 eps = {l2:.4g}"
+  return {}, f"eps = {common.epsilon_label(args.epsilon)}"
+
+
+def _craft_model_free(args, ds, craft_key, budget):
+  """Random noise and the OPS / AR / LSP baselines: no surrogate."""
+  x_train, y_train = ds["train"]
+  num_classes, shape = ds["num_classes"], tuple(ds["image_shape"])
+  summary, arrays = {}, {}
+  if args.method == "random":
+    delta = np.asarray(noise_lib.random_noise(craft_key, x_train.shape,
+                                              epsilon=args.epsilon))
+  elif args.method == "ops":
+    pattern = baselines.one_pixel_shortcut(x_train, y_train,
+                                           num_classes=num_classes)
+    delta = baselines.ops_noise(x_train, y_train, num_classes=num_classes,
+                                pattern=pattern)
+    summary = {"positions": pattern.positions.tolist(),
+               "values": pattern.values.tolist(),
+               "scores": pattern.scores.tolist()}
+    arrays = {"ops_positions": pattern.positions,
+              "ops_values": pattern.values}
+  elif args.method == "ar":
+    coef_key, noise_key = jax.random.split(craft_key)
+    coefficients = baselines.ar_coefficients(coef_key, num_classes, shape[2])
+    delta = baselines.autoregressive_noise(
+        noise_key, y_train, shape, num_classes=num_classes,
+        epsilon=budget["l2_epsilon"], coefficients=coefficients)
+    summary = {"window": coefficients.shape[-1]}
+    arrays = {"ar_coefficients": coefficients}
+  else:
+    patch = args.patch_size or baselines.lsp_default_patch_size(shape)
+    delta = baselines.linear_separable_patches(
+        craft_key, y_train, shape, num_classes=num_classes,
+        epsilon=budget["l2_epsilon"], patch_size=patch)
+    summary = {"patch_size": patch}
+  return delta, summary, arrays
 
 
 def _craft_em(args, ds, model, init_key, craft_key):

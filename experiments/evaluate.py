@@ -9,7 +9,12 @@
 `experiments.craft`); ``--clean`` trains on the clean training set instead.
 With ``--adversarial`` the victim is trained by Madry PGD adversarial
 training (radius ``--adv-radius``, ``--adv-steps`` steps of
-``--adv-step-size``; the model in eval mode during the attack). The victim is
+``--adv-step-size``; the model in eval mode during the attack).
+``--defence`` applies one of the training-time defences of
+`jaxue.defences` (cutout, mixup, cutmix, grayscale, JPEG re-encoding of the
+released data); ``--poison-ratio r`` keeps only a random fraction r of the
+released images protected and swaps the rest back to their clean originals
+(partial protection). The victim is
 evaluated on the clean test set after every epoch. Writes
 ``results.json`` (final accuracy per seed, their mean, the curves),
 ``victim_curves.png`` and the first seed's checkpoint in ``victim/``.
@@ -18,8 +23,9 @@ evaluated on the clean test set after every epoch. Writes
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import pathlib
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -28,8 +34,21 @@ from experiments import common
 from experiments import figures
 from jaxue import checkpoint
 from jaxue import data as data_lib
+from jaxue import defences
 from jaxue import models
+from jaxue import noise as noise_lib
 from jaxue import train
+
+
+class _Compose(NamedTuple):
+  """Two augmentations in a row (hashable: a static jit argument)."""
+
+  first: Callable
+  second: Callable
+
+  def __call__(self, key, images):
+    first_key, second_key = jax.random.split(key)
+    return self.second(second_key, self.first(first_key, images))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,6 +75,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--augment", action="store_true",
                  help="random crop (+ flip for colour images) while "
                  "training")
+  p.add_argument("--defence", default="none", choices=defences.DEFENCES,
+                 help="training-time defence (default none; "
+                 "'augmentation' is --augment)")
+  p.add_argument("--cutout-size", type=common.positive_int, default=None,
+                 help="cutout square side (default half the image side)")
+  p.add_argument("--mix-alpha", type=float, default=1.0,
+                 help="Beta parameter of mixup / cutmix (default 1.0)")
+  p.add_argument("--jpeg-quality", type=common.positive_int, default=10,
+                 help="JPEG quality of --defence jpeg (default 10)")
+  p.add_argument("--poison-ratio", type=common.parse_fraction, default=1.0,
+                 help="with --released: fraction of the images that stay "
+                 "protected, the rest revert to clean (default 1)")
   adv = p.add_argument_group("adversarial training (Madry et al. 2018)")
   adv.add_argument("--adversarial", action="store_true",
                    help="train the victim adversarially (PGD, L-inf)")
@@ -71,6 +102,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.adversarial:
     adversarial_config(args)  # Bad --adv-* values fail before any work.
+    if args.defence in ("mixup", "cutmix"):
+      raise common.UsageError(
+          f"--adversarial does not combine with --defence {args.defence}")
+  if not 0 <= args.poison_ratio <= 1:
+    raise common.UsageError(
+        f"--poison-ratio must be in [0, 1], got {args.poison_ratio}")
+  if args.poison_ratio < 1 and args.clean:
+    raise common.UsageError("--poison-ratio needs --released data")
+  if not args.mix_alpha > 0:
+    raise common.UsageError(f"--mix-alpha must be > 0, got {args.mix_alpha}")
+  if args.jpeg_quality > 95:
+    raise common.UsageError(
+        f"--jpeg-quality must be in [1, 95], got {args.jpeg_quality}")
   return args
 
 
@@ -80,20 +124,46 @@ def adversarial_config(args: argparse.Namespace) -> train.AdversarialConfig:
                                  args.adv_step_size).resolved()
 
 
-def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a released dataset written by `experiments.craft`."""
+def _released_file(path: pathlib.Path) -> pathlib.Path:
   if path.is_dir():
     path = path / "released.npz"
   if not path.exists():
     raise FileNotFoundError(
         f"no released dataset at {path}; create one with "
         "python -m experiments.craft --out DIR")
+  return path
+
+
+def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a released dataset written by `experiments.craft`."""
+  path = _released_file(path)
   with np.load(path) as f:
     if "images" not in f or "labels" not in f:
       raise ValueError(f"{path} has no 'images' and 'labels' arrays")
     images, labels = f["images"], f["labels"]
   data_lib.check_dataset(images, labels)
   return images, labels.astype(np.int32)
+
+
+def clean_originals(path: pathlib.Path, dataset: str, data_dir: str | None,
+                    labels: np.ndarray) -> np.ndarray:
+  """The clean training images a release was made from (by the
+  ``train_indices`` that `experiments.craft` stores), checked by label."""
+  path = _released_file(path)
+  with np.load(path) as f:
+    if "train_indices" not in f:
+      raise ValueError(
+          f"{path} has no 'train_indices': --poison-ratio needs a release "
+          "written by experiments.craft")
+    indices = f["train_indices"]
+  x_train, y_train = data_lib.load(dataset, "train", data_dir)
+  if len(indices) != len(labels) or indices.max(initial=0) >= len(y_train):
+    raise ValueError(f"{path}: its train_indices do not fit the {dataset} "
+                     "training set; pass the matching --dataset")
+  if not np.array_equal(y_train[indices], labels):
+    raise ValueError(f"{path}: its labels do not match the {dataset} "
+                     "training images at its train_indices")
+  return x_train[indices]
 
 
 @common.cli
@@ -109,6 +179,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
       x_train, y_train = ds["train"]
     else:
       x_train, y_train = load_released(args.released)
+  protected = None
+  if args.poison_ratio < 1:
+    clean = clean_originals(args.released, args.dataset, args.data_dir,
+                            y_train)
+    x_train, mask = noise_lib.protect_fraction(
+        jax.random.fold_in(jax.random.key(args.seed), 7), clean, x_train,
+        args.poison_ratio)
+    protected = int(mask.sum())
+    print(f"partial protection: {protected} of {len(mask)} images stay "
+          "protected")
   x_test, y_test = ds["test"]
   if x_train.shape[1:] != x_test.shape[1:]:
     raise ValueError(
@@ -118,8 +198,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
   model_spec = {"name": args.model, "num_classes": ds["num_classes"],
                 "widths": list(args.widths) if args.widths else None}
   model = models.make_model(**model_spec)
-  augment = (data_lib.default_augmentation(x_train.shape[1:])
-             if args.augment else None)
+  defence = defences.make_defence(
+      args.defence, x_train.shape[1:], ds["num_classes"],
+      cutout_size=args.cutout_size, mix_alpha=args.mix_alpha,
+      jpeg_quality=args.jpeg_quality)
+  if defence.preprocess is not None:
+    with timer("defence"):
+      x_train = defence.preprocess(x_train)
+  if args.defence == "grayscale" and x_train.shape[-1] == 1:
+    print("note: grayscale is a no-op on 1-channel images")
+  augment = defence.augment
+  if args.augment:
+    standard = data_lib.default_augmentation(x_train.shape[1:])
+    augment = standard if augment is None else _Compose(standard, augment)
   adversarial = adversarial_config(args) if args.adversarial else None
   key = jax.random.key(args.seed)
   finals, curves = [], []
@@ -129,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           jax.random.fold_in(key, s), model, x_train, y_train,
           test=(x_test, y_test), epochs=args.epochs,
           batch_size=args.batch_size, learning_rate=args.learning_rate,
-          augment=augment, adversarial=adversarial,
+          augment=augment, mix=defence.mix, adversarial=adversarial,
           progress=f"victim seed {s}")
       finals.append(history["test_accuracy"][-1])
       curves.append(history["test_accuracy"])
@@ -145,7 +236,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "dataset": ds["name"],
       "training_data": "clean" if args.clean else str(args.released),
       "train_size": len(y_train), "test_size": len(y_test),
+      "image_shape": list(x_train.shape[1:]),
       "epochs": args.epochs, "augment": args.augment,
+      "defence": args.defence, "poison_ratio": args.poison_ratio,
+      "protected_images": protected,
       "adversarial": adversarial._asdict() if adversarial else None,
       "victim_accuracy": float(np.mean(finals)),
       "victim_accuracy_std": float(np.std(finals)),

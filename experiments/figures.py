@@ -113,3 +113,26 @@ def line_plot(path: str | os.PathLike,
   if title:
     ax.set_title(title, fontsize=9)
   _save(fig, path)
+
+
+def heatmap(path: str | os.PathLike, values: np.ndarray, *,
+            rows: Sequence[str], columns: Sequence[str], title: str = "",
+            vmin: float = 0.0, vmax: float = 1.0) -> None:
+  """A rows x columns heatmap with each cell's value written in it."""
+  values = np.asarray(values, float)
+  if values.shape != (len(rows), len(columns)):
+    raise ValueError(f"values of shape {values.shape} do not match "
+                     f"{len(rows)} rows x {len(columns)} columns")
+  fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2,
+                                  0.45 * len(rows) + 1.5))
+  image = ax.imshow(values, cmap="viridis", vmin=vmin, vmax=vmax,
+                    aspect="auto")
+  ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+  ax.set_yticks(range(len(rows)), rows)
+  for (i, j), value in np.ndenumerate(values):
+    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+            color="black" if value > (vmin + vmax) / 2 else "white")
+  fig.colorbar(image, ax=ax, fraction=0.04)
+  if title:
+    ax.set_title(title)
+  _save(fig, path)

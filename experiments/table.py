@@ -1,20 +1,29 @@
-"""The robustness table: victims trained normally and adversarially on each
-protected dataset (method x training), as in Fu et al. 2022, Tables 1-2.
+"""The benchmark table: every protection method against every defence
+(method x defence), as in Fu et al. 2022, Tables 1-2, APBench and the
+image-shortcut-squeezing study.
 
     python -m experiments.table --out runs/table
+    python -m experiments.table --out runs/rem-table \
+        --methods clean,random,em-samplewise,rem,error-max \
+        --defences standard,adversarial
 
-For each method (clean, random, em-samplewise, rem, error-max by default;
-also error-max-targeted, em-classwise) the training subset is protected with
-`experiments.craft` at eps = ``--epsilon`` (rho_u; REM's rho_a defaults to
-eps / 2) -- or taken from ``--from METHOD=DIR``, the ``--out`` of an earlier
-craft run -- and victims are trained with `experiments.evaluate`, once by
-standard training and once by Madry adversarial training at radius rho_a
-(``--adv-steps`` steps of rho_a / 5). Writes ``results.json`` (victim accuracy
-per method and training: the mean over ``--seeds``, spread, per seed; the
-crafting wall times; every setting) and ``table.md``.
+For each method (``--methods``, from clean, random, em-samplewise,
+em-classwise, pue-classwise, pue-samplewise, rem, error-max,
+error-max-targeted, ops, ar, lsp) the training subset is protected with
+`experiments.craft` at eps = ``--epsilon`` (the L-inf budget rho_u; REM's
+rho_a defaults to eps / 2; AR and LSP take their L2 budgets, OPS changes one
+pixel) -- or taken from ``--from METHOD=DIR``, the ``--out`` of an earlier
+craft run -- and victims are trained with `experiments.evaluate` under each
+defence (``--defences``, from none (alias standard), augmentation, cutout,
+mixup, cutmix, grayscale, jpeg, adversarial: Madry adversarial training at
+radius rho_a, ``--adv-steps`` steps of rho_a / 5). Each defence is applied
+alone. ``--poison-ratio`` protects only a random fraction of the training
+set. Writes ``results.json`` (victim accuracy per method and defence: the
+mean over ``--seeds``, spread, per seed; the crafting wall times; every
+setting), ``table.md`` and ``heatmap.png``.
 
 Every cell lives in its own folder under ``--out`` (``craft/METHOD``,
-``victims/METHOD-TRAINING``) and is skipped when rerun with the same
+``victims/METHOD-DEFENCE``) and is skipped when rerun with the same
 settings; an interrupted REM or EM crafting run resumes from its last
 checkpoint. The defaults are the published settings; on a 2-core CPU scale
 down with ``--train-size``, ``--widths``, ``--rem-train-steps``,
@@ -36,12 +45,18 @@ import numpy as np
 from experiments import common
 from experiments import craft
 from experiments import evaluate
+from experiments import figures
 from jaxue import checkpoint
+from jaxue import defences as defences_lib
 from jaxue import noise as noise_lib
 
-DEFAULT_METHODS = ("clean", "random", "em-samplewise", "rem", "error-max")
+DEFAULT_METHODS = ("clean", "random", "em-samplewise", "em-classwise", "rem",
+                   "pue-classwise", "error-max", "ops", "ar", "lsp")
 METHODS = ("clean",) + craft.METHODS
-TRAININGS = ("standard", "adversarial")
+# "standard" is "none" under the name of Fu et al.'s tables.
+DEFENCES = defences_lib.DEFENCES + ("adversarial", "standard")
+DEFAULT_DEFENCES = ("none", "augmentation", "cutout", "mixup", "cutmix",
+                    "jpeg", "adversarial")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +66,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--out", type=pathlib.Path, required=True)
   p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                  help=f"comma-separated, from {', '.join(METHODS)}")
+  p.add_argument("--defences", default=",".join(DEFAULT_DEFENCES),
+                 help=f"comma-separated, from {', '.join(DEFENCES)} "
+                 f"(default {','.join(DEFAULT_DEFENCES)})")
+  p.add_argument("--poison-ratio", type=common.parse_fraction, default=1.0,
+                 help="fraction of the training set protected (default 1)")
   p.add_argument("--from", dest="sources", action="append", default=[],
                  metavar="METHOD=DIR",
                  help="use the released data of an earlier "
@@ -81,16 +101,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  "eps / 10)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
-  args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
-  unknown = [m for m in args.method_list if m not in METHODS]
-  if unknown or not args.method_list:
-    raise common.UsageError(f"unknown method(s) {unknown}; choose from "
-                            f"{', '.join(METHODS)}")
+  args.method_list = _names(args.methods, METHODS, "method")
+  args.defence_list = _names(args.defences, DEFENCES, "defence")
+  if not 0 < args.poison_ratio <= 1:
+    raise common.UsageError(
+        f"--poison-ratio must be in (0, 1], got {args.poison_ratio}")
   noise_lib.check_epsilon(args.epsilon)
   args.rho_a = args.epsilon / 2 if args.rho_a is None else args.rho_a
   noise_lib.check_epsilon(args.rho_a, "rho_a")
   source_dirs(args)
   return args
+
+
+def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in allowed]
+  if unknown or not names:
+    raise common.UsageError(f"unknown {what}(s) {unknown}; choose from "
+                            f"{', '.join(allowed)}")
+  if len(set(names)) != len(names):
+    raise common.UsageError(f"--{what}s lists a {what} twice: {text}")
+  return names
 
 
 def source_dirs(args: argparse.Namespace) -> dict[str, pathlib.Path]:
@@ -134,7 +165,7 @@ def craft_argv(args: argparse.Namespace, method: str, out: pathlib.Path
   return argv
 
 
-def victim_argv(args: argparse.Namespace, training: str,
+def victim_argv(args: argparse.Namespace, defence: str,
                 released: pathlib.Path | None, out: pathlib.Path
                 ) -> list[str]:
   """The `experiments.evaluate` command line of one cell."""
@@ -145,9 +176,13 @@ def victim_argv(args: argparse.Namespace, training: str,
                            if args.train_size else [])
   else:
     argv += ["--released", str(released)]
-  if training == "adversarial":
+    if args.poison_ratio < 1:
+      argv += ["--poison-ratio", repr(args.poison_ratio)]
+  if defence == "adversarial":
     argv += ["--adversarial", "--adv-radius", repr(args.rho_a),
              "--adv-steps", str(args.adv_steps)]
+  elif defence not in ("none", "standard"):
+    argv += ["--defence", defence]
   return argv
 
 
@@ -167,32 +202,50 @@ def run_cached(script, argv: list[str], out: pathlib.Path) -> dict[str, Any]:
   return results
 
 
+def _defence_label(defence: str, rho_a: float) -> str:
+  if defence == "adversarial":
+    return f"adversarial (rho_a = {common.epsilon_label(rho_a)})"
+  return defence
+
+
 def markdown(results: dict[str, Any]) -> str:
-  """The method x training table in markdown (mean +- std over seeds)."""
-  rho_a = common.epsilon_label(results["rho_a"])
-  lines = [f"| method | standard training | adversarial training "
-           f"(rho_a = {rho_a}) | crafting wall time (s) |",
-           "|---|---|---|---|"]
+  """The method x defence table in markdown (mean +- std over seeds)."""
+  defence_names = results["defences"]
+  lines = ["| method | " + " | ".join(
+      _defence_label(d, results["rho_a"]) for d in defence_names)
+           + " | crafting wall time (s) |",
+           "|---" * (len(defence_names) + 2) + "|"]
   for method, cells in results["victim_accuracy"].items():
     row = [method]
-    for training in TRAININGS:
-      std = results["victim_accuracy_std"][method][training]
-      row.append(f"{cells[training]:.3f} +- {std:.3f}")
+    for defence in defence_names:
+      std = results["victim_accuracy_std"][method][defence]
+      row.append(f"{cells[defence]:.3f} +- {std:.3f}")
     seconds = results["craft_wall_seconds"].get(method)
     row.append("-" if seconds is None else f"{seconds:.0f}")
     lines.append("| " + " | ".join(row) + " |")
   lines.append("")
-  lines.append(
-      f"Clean test accuracy of victims (small CNN {results['model']['widths']}"
-      f", {results['epochs']} epochs, mean over {results['seeds']} seeds) "
-      f"trained on {results['train_size']} protected "
-      f"{results['dataset']} images; eps = rho_u = "
-      f"{common.epsilon_label(results['epsilon'])}; adversarial training: "
-      f"{results['adversarial_training']['steps']} PGD steps of rho_a / 5. "
-      f"REM: {results['rem']['rem_train_steps']} surrogate steps, "
-      f"{results['rem']['noise_steps']} noise steps, K = "
-      f"{results['rem']['eot_draws']}, {results['rem']['attack_steps']} "
-      "inner steps.")
+  protected = ("" if results["poison_ratio"] == 1 else
+               f" ({results['poison_ratio']:.0%} of them protected)")
+  notes = [
+      f"Clean test accuracy of victims (small CNN "
+      f"{results['model']['widths']}, {results['epochs']} epochs, mean over "
+      f"{results['seeds']} seeds) trained on {results['train_size']} "
+      f"{results['dataset']} images{protected}; L-inf eps = rho_u = "
+      f"{common.epsilon_label(results['epsilon'])} for the noise methods.",
+  ]
+  if "adversarial" in defence_names:
+    notes.append(
+        f"Adversarial training: {results['adversarial_training']['steps']} "
+        "PGD steps of rho_a / 5.")
+  if "rem" in results["victim_accuracy"]:
+    rem = results["rem"]
+    notes.append(
+        f"REM: {rem['rem_train_steps']} surrogate steps, "
+        f"{rem['noise_steps']} noise steps, K = {rem['eot_draws']}, "
+        f"{rem['attack_steps']} inner steps.")
+  if "grayscale" in defence_names and results.get("channels") == 1:
+    notes.append("Grayscale is a no-op on these 1-channel images.")
+  lines.append(" ".join(notes))
   return "\n".join(lines) + "\n"
 
 
@@ -203,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   start = time.perf_counter()
   sources = source_dirs(args)
   accuracy, spread, per_seed, crafted, craft_seconds = {}, {}, {}, {}, {}
-  train_size = None
+  train_size = channels = None
   for method in args.method_list:
     released = None
     if method in sources:
@@ -221,16 +274,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       craft_seconds[method] = summary.get("craft_seconds_total",
                                           info["wall_seconds"]["craft"])
     accuracy[method], spread[method], per_seed[method] = {}, {}, {}
-    for training in TRAININGS:
-      out = args.out / "victims" / f"{method}-{training}"
-      print(f"== victims: {method}, {training} training")
+    for defence in args.defence_list:
+      out = args.out / "victims" / f"{method}-{defence}"
+      print(f"== victims: {method}, defence {defence}")
       victims = run_cached(evaluate,
-                           victim_argv(args, training, released, out),
+                           victim_argv(args, defence, released, out),
                            out)
-      accuracy[method][training] = victims["victim_accuracy"]
-      spread[method][training] = victims["victim_accuracy_std"]
-      per_seed[method][training] = victims["victim_accuracy_per_seed"]
+      accuracy[method][defence] = victims["victim_accuracy"]
+      spread[method][defence] = victims["victim_accuracy_std"]
+      per_seed[method][defence] = victims["victim_accuracy_per_seed"]
       train_size = train_size or victims["train_size"]
+      channels = channels or victims.get("image_shape", [None])[-1]
   results = {
       "victim_accuracy": accuracy,
       "victim_accuracy_std": spread,
@@ -239,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "craft": {m: {"wall_seconds": c["wall_seconds"], **(c.get("craft")
                                                           or {})}
                 for m, c in crafted.items()},
+      "defences": args.defence_list, "poison_ratio": args.poison_ratio,
       "dataset": args.dataset, "train_size": train_size,
+      "channels": channels,
       "epsilon": args.epsilon, "rho_a": args.rho_a,
       "epochs": args.epochs, "seeds": args.seeds,
       "model": {"name": "small_cnn",
@@ -258,6 +314,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   checkpoint.write_json(args.out / "results.json", results)
   table = markdown(results)
   (args.out / "table.md").write_text(table)
+  figures.heatmap(
+      args.out / "heatmap.png",
+      np.array([[accuracy[m][d] for d in args.defence_list]
+                for m in args.method_list]),
+      rows=args.method_list,
+      columns=[_defence_label(d, args.rho_a) for d in args.defence_list],
+      title=f"victim clean test accuracy ({args.dataset})")
   print(table)
   return results
 

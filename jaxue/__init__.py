@@ -9,19 +9,28 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 * `jaxue.models`: the PUE small CNN and the CIFAR ResNet-18 as `Model`s.
 * `jaxue.train`: `TrainState`, `train_step`, `fit`, `evaluate`.
 * `jaxue.pgd`: projected gradient descent/ascent on inputs.
-* `jaxue.noise`: EM and PUE crafting, random noise, `release`.
+* `jaxue.noise`: EM and PUE crafting, random noise, error-maximizing noise,
+  `release`, partial protection.
+* `jaxue.rem`: robust error-minimizing noise (Fu et al., ICLR 2022).
+* `jaxue.baselines`: the model-free baselines: One-Pixel Shortcut (OPS),
+  autoregressive (AR) and linearly separable patch (LSP) perturbations.
+* `jaxue.defences`: training-time defences (cutout, mixup, cutmix,
+  grayscale, JPEG re-encoding).
 * `jaxue.certify`: Monte-Carlo accuracies and the (q, eta) bound.
 * `jaxue.recover`: the weight-recovery attack.
 * `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
 """
 
+from jaxue import baselines
 from jaxue import certify
 from jaxue import checkpoint
 from jaxue import data
+from jaxue import defences
 from jaxue import models
 from jaxue import noise
 from jaxue import pgd
 from jaxue import recover
+from jaxue import rem
 from jaxue import train
 from jaxue.certify import certified_learnability
 from jaxue.certify import learnability_curve

@@ -57,8 +57,10 @@ def _conv_lax(x, kernel, strides, padding):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _conv_im2col(x, kernel, strides, padding):
-  kh, kw, cin, cout = kernel.shape
+def _patches(x, kernel_shape, strides, padding):
+  """The kh*kw shifted (strided) windows of the padded input, stacked along
+  the channel axis: (N, out_h, out_w, kh*kw*cin)."""
+  kh, kw, cin, _ = kernel_shape
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   n, h, w, _ = x.shape
@@ -70,9 +72,35 @@ def _conv_im2col(x, kernel, strides, padding):
                      j + strides * (out_w - 1) + 1, cin),
                     (1, strides, strides, 1))
       for i in range(kh) for j in range(kw)]
-  patches = windows[0] if len(windows) == 1 else jnp.concatenate(windows, -1)
-  return jnp.einsum("nhwk,ko->nhwo", patches,
-                    kernel.reshape(kh * kw * cin, cout))
+  return windows[0] if len(windows) == 1 else jnp.concatenate(windows, -1)
+
+
+def _matmul_patches(patches, kernel):
+  kh, kw, cin, cout = kernel.shape
+  out = patches.reshape(-1, kh * kw * cin) @ kernel.reshape(-1, cout)
+  return out.reshape(patches.shape[:3] + (cout,))
+
+
+def _conv_im2col(x, kernel, strides, padding):
+  return _matmul_patches(_patches(x, kernel.shape, strides, padding), kernel)
+
+
+def _conv_input_grad(grad, x, kernel, strides, padding):
+  """d(conv)/dx applied to ``grad``.
+
+  At stride 1 this is XLA's *forward* convolution of the gradient with the
+  flipped, transposed kernel (fast on XLA:CPU, also inside loops); strided
+  convolutions transpose the im2col form instead.
+  """
+  kh, kw, _, _ = kernel.shape
+  if strides == 1 and padding <= min(kh, kw) - 1:
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return jax.lax.conv_general_dilated(
+        grad, flipped, (1, 1),
+        ((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, strides, padding), x)
+  return vjp(grad)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -81,17 +109,35 @@ def _conv_hybrid(x, kernel, strides, padding):
 
 
 def _conv_hybrid_fwd(x, kernel, strides, padding):
-  return _conv_lax(x, kernel, strides, padding), (x, kernel)
+  # With symbolic zeros, `perturbed` tells which inputs are differentiated.
+  # Weights differentiated (training): the forward pass is the im2col matrix
+  # product, and the weight gradient reuses its patches. Inputs only (PGD on
+  # images): XLA's forward convolution.
+  x_perturbed, kernel_perturbed = x.perturbed, kernel.perturbed
+  x, kernel = x.value, kernel.value
+  if kernel_perturbed:
+    patches = _patches(x, kernel.shape, strides, padding)
+    out = _matmul_patches(patches, kernel)
+  else:
+    patches, out = None, _conv_lax(x, kernel, strides, padding)
+  return out, (x if x_perturbed else None, kernel, patches)
 
 
 def _conv_hybrid_bwd(strides, padding, residuals, grad):
-  x, kernel = residuals
-  _, vjp = jax.vjp(lambda x, k: _conv_im2col(x, k, strides, padding), x,
-                   kernel)
-  return vjp(grad)
+  x, kernel, patches = residuals
+  if isinstance(grad, jax.custom_derivatives.SymbolicZero):
+    return None, None
+  grad_kernel = None
+  if patches is not None:
+    kh, kw, cin, cout = kernel.shape
+    grad_kernel = (patches.reshape(-1, kh * kw * cin).T
+                   @ grad.reshape(-1, cout)).reshape(kernel.shape)
+  grad_x = (None if x is None else
+            _conv_input_grad(grad, x, kernel, strides, padding))
+  return grad_x, grad_kernel
 
 
-_conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
+_conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd, symbolic_zeros=True)
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int = 1,
@@ -102,8 +148,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int = 1,
   * ``"im2col"``: the kh*kw shifted (strided) windows of the padded input are
     stacked along the channel axis and multiplied by the reshaped kernel, so
     the forward pass and both gradients are plain matrix products.
-  * ``"hybrid"``: XLA's convolution forward, im2col's gradients (a
-    `jax.custom_vjp`).
+  * ``"hybrid"`` (a `jax.custom_vjp`): XLA's convolution when nothing is
+    differentiated or only the input is; when the weights are differentiated
+    (training), an im2col forward pass whose patches give the weight gradient
+    as one matrix product. The input gradient is XLA's forward convolution of
+    the output gradient with the flipped kernel (stride 1) or im2col's
+    transpose (strided).
   * ``"auto"``: ``"hybrid"`` on the CPU, ``"lax"`` (cuDNN) elsewhere.
 
   Why: on XLA:CPU the convolution's gradients run 10-60x slower inside

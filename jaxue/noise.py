@@ -119,6 +119,43 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
   return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def protect_fraction(key: jax.Array, clean: np.ndarray, protected: np.ndarray,
+                     poison_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+  """Partial protection: only a random fraction of the release is protected.
+
+  The setting of Huang et al. 2021, Sec. 4.2 (and APBench's poison ratio):
+  a data owner controls only part of the training set, the rest stays clean.
+  Exactly ``round(poison_ratio * N)`` images, drawn uniformly without
+  replacement, come from ``protected``; the others from ``clean``.
+
+  Args:
+    key: randomness of the protected subset.
+    clean: uint8 NHWC clean images.
+    protected: the protected release of the same images (same shape).
+    poison_ratio: fraction in [0, 1] to protect.
+
+  Returns:
+    ``(images, mask)``: the mixed uint8 images and the boolean mask of the
+    protected ones.
+  """
+  clean = np.asarray(clean)
+  protected = np.asarray(protected)
+  if clean.shape != protected.shape or clean.dtype != protected.dtype:
+    raise ValueError(
+        f"clean and protected images must match: {clean.shape} {clean.dtype}"
+        f" vs {protected.shape} {protected.dtype}")
+  ratio = float(poison_ratio)
+  if not 0 <= ratio <= 1:
+    raise ValueError(f"poison_ratio must be in [0, 1], got {poison_ratio}")
+  n = clean.shape[0]
+  chosen = np.asarray(jax.random.permutation(key, n))[: round(ratio * n)]
+  mask = np.zeros(n, bool)
+  mask[chosen] = True
+  mixed = np.where(mask.reshape((n,) + (1,) * (clean.ndim - 1)), protected,
+                   clean)
+  return mixed, mask
+
+
 class EMConfig(NamedTuple):
   """Hyperparameters of EM crafting (defaults: Huang et al. 2021, Sec. 4).
 

@@ -184,18 +184,6 @@ def _check_set(name: str, dataset: Any) -> Dataset:
 # -------------------------------------------------------- projected SGD
 
 
-@functools.lru_cache(maxsize=64)
-def _optimizer(learning_rate: float, total_steps: int, momentum: float,
-               weight_decay: float, clip_norm: float | None
-               ) -> optax.GradientTransformation:
-  # Cached so that equal settings give the same object: `TrainState` keeps
-  # the optimizer as static data, and equal static data reuses the compiled
-  # epoch (one compilation for a whole η grid).
-  schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
-  return train.make_optimizer(schedule, momentum=momentum,
-                              weight_decay=weight_decay, clip_norm=clip_norm)
-
-
 @functools.partial(jax.jit, static_argnames=("batch_size",),
                    donate_argnums=(0,))
 def _recover_epoch(state: train.TrainState, params0: Any, eta: jax.Array,
@@ -294,9 +282,10 @@ def recover(key: jax.Array, model_apply_or_model: Model | ApplyFn,
     raise ValueError(f"batch_size {batch_size} exceeds the {n} recovery "
                      "examples")
   total_steps = epochs * (n // batch_size)
-  tx = _optimizer(float(learning_rate), total_steps, float(momentum),
-                  float(weight_decay),
-                  None if clip_norm is None else float(clip_norm))
+  tx = train.cosine_optimizer(
+      total_steps, float(learning_rate), momentum=float(momentum),
+      weight_decay=float(weight_decay),
+      clip_norm=None if clip_norm is None else float(clip_norm))
   # Copies: the state is donated to each epoch, θ0 must survive.
   params0 = jax.tree.map(jnp.asarray, variables0["params"])
   start = jax.tree.map(jnp.array, variables0)

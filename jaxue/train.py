@@ -31,6 +31,8 @@ from jaxue import pgd as pgd_lib
 from jaxue.models import Model, Variables
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
+Mix = Callable[[jax.Array, jax.Array, jax.Array],
+               tuple[jax.Array, jax.Array]]
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,9 +75,15 @@ def make_optimizer(learning_rate: float | optax.Schedule = 0.1, *,
   return optax.chain(*parts)
 
 
+@functools.lru_cache(maxsize=64)
 def cosine_optimizer(total_steps: int, learning_rate: float = 0.1,
                      **kwargs: Any) -> optax.GradientTransformation:
-  """The victims' optimizer: `make_optimizer` with cosine decay to zero."""
+  """The victims' optimizer: `make_optimizer` with cosine decay to zero.
+
+  Cached, so equal settings return the same object: `TrainState` keeps the
+  optimizer as static data, and equal static data reuses the compiled epoch
+  (one compilation for all seeds of a victim, or for a whole eta grid).
+  """
   schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
   return make_optimizer(schedule, **kwargs)
 
@@ -113,28 +121,39 @@ def apply_gradients(state: TrainState, grads: Any,
 
 
 def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
-               key: jax.Array, *, augment: Augment | None = None
+               key: jax.Array, *, augment: Augment | None = None,
+               mix: Mix | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step in train mode (batch-norm batch statistics).
 
   Args:
     state: the model's training state.
     batch: ``(images, labels)``; uint8 or float32 [0, 1] NHWC images.
-    key: randomness for ``augment`` (unused without augmentation).
+    key: randomness for ``augment`` and ``mix`` (unused without them).
     augment: optional per-sample augmentation ``augment(key, images)``.
+    mix: optional batch mixer ``mix(key, images, labels) -> (images,
+      soft_targets)`` (mixup, cutmix: `jaxue.defences`), applied after
+      ``augment``; the loss is then the cross-entropy to the soft targets.
 
   Returns:
-    The new state and ``{"loss", "accuracy"}`` of the batch.
+    The new state and ``{"loss", "accuracy"}`` of the batch (accuracy
+    against the soft targets' argmax when mixing).
   """
   images, labels = batch
   images = as_float(images)
   if augment is not None:
     images = augment(key, images)
+  targets = None
+  if mix is not None:
+    images, targets = mix(jax.random.fold_in(key, 1), images, labels)
+    labels = targets.argmax(-1)
 
   def loss_fn(params):
     logits, batch_stats = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, images, True)
-    return cross_entropy(logits, labels), (logits, batch_stats)
+    loss = (cross_entropy(logits, labels) if targets is None else
+            optax.softmax_cross_entropy(logits, targets).mean())
+    return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -156,17 +175,18 @@ def epoch_indices(key: jax.Array, num_examples: int,
 
 
 @functools.partial(jax.jit,
-                   static_argnames=("batch_size", "augment", "adversarial"),
+                   static_argnames=("batch_size", "augment", "mix",
+                                    "adversarial"),
                    donate_argnums=(0,))
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
                 key: jax.Array, *, batch_size: int = 128,
-                augment: Augment | None = None,
+                augment: Augment | None = None, mix: Mix | None = None,
                 adversarial: AdversarialConfig | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One shuffled epoch of `train_step` as a single `lax.scan`.
 
   With ``adversarial``, every step is `adversarial_train_step` instead
-  (Madry PGD adversarial training).
+  (Madry PGD adversarial training; not combined with ``mix``).
 
   Returns:
     The new state and the epoch's mean ``{"loss", "accuracy"}`` (on the
@@ -174,8 +194,12 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
   """
   perm_key, step_key = jax.random.split(key)
   batches = epoch_indices(perm_key, images.shape[0], batch_size)
-  step = (train_step if adversarial is None else
-          functools.partial(adversarial_train_step, cfg=adversarial))
+  if adversarial is None:
+    step = functools.partial(train_step, mix=mix)
+  elif mix is not None:
+    raise ValueError("adversarial training does not combine with mix")
+  else:
+    step = functools.partial(adversarial_train_step, cfg=adversarial)
 
   def body(state, index_and_batch):
     i, idx = index_and_batch
@@ -231,7 +255,7 @@ def evaluate(apply_fn: Callable[..., Any], variables: Variables,
 
 def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
         train_labels: np.ndarray, *, epochs: int, batch_size: int = 128,
-        augment: Augment | None = None,
+        augment: Augment | None = None, mix: Mix | None = None,
         test: tuple[np.ndarray, np.ndarray] | None = None,
         adversarial: AdversarialConfig | None = None,
         progress: bool | str = True) -> tuple[TrainState, dict[str, list]]:
@@ -248,6 +272,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     epochs: number of epochs (>= 1).
     batch_size: SGD batch size.
     augment: optional ``augment(key, images)`` on float batches.
+    mix: optional batch mixer (mixup, cutmix; `jaxue.defences`) training
+      on soft targets.
     test: optional clean ``(images, labels)`` evaluated after every epoch.
     adversarial: if given, Madry PGD adversarial training
       (`adversarial_train_step`) with these attack settings.
@@ -261,6 +287,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     raise ValueError(f"epochs must be >= 1, got {epochs}")
   if adversarial is not None:
     adversarial = adversarial.resolved()
+    if mix is not None:
+      raise ValueError("adversarial training does not combine with mix")
   data_lib.check_dataset(np.asarray(train_images), np.asarray(train_labels))
   if test is not None:
     data_lib.check_dataset(np.asarray(test[0]), np.asarray(test[1]))
@@ -275,7 +303,7 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     state, metrics = train_epoch(state, images, labels,
                                  jax.random.fold_in(key, epoch),
                                  batch_size=batch_size, augment=augment,
-                                 adversarial=adversarial)
+                                 mix=mix, adversarial=adversarial)
     history["train_loss"].append(float(metrics["loss"]))
     history["train_accuracy"].append(float(metrics["accuracy"]))
     if test is not None:
@@ -293,6 +321,7 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                  labels: np.ndarray, *, test: tuple[np.ndarray, np.ndarray],
                  epochs: int, batch_size: int = 128,
                  learning_rate: float = 0.1, augment: Augment | None = None,
+                 mix: Mix | None = None,
                  adversarial: AdversarialConfig | None = None,
                  progress: bool | str = True
                  ) -> tuple[TrainState, dict[str, list]]:
@@ -300,7 +329,9 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
   victim training"): new initialisation, SGD with cosine decay to zero, on
   the released uint8 images; records the clean test accuracy per epoch.
   With ``adversarial``, the victim is trained adversarially (Madry et al.
-  2018; the defence REM is built to survive, Fu et al. 2022, Sec. 5).
+  2018; the defence REM is built to survive, Fu et al. 2022, Sec. 5);
+  ``augment`` and ``mix`` apply the other training-time defences
+  (`jaxue.defences`).
 
   The victim's result is ``history["test_accuracy"][-1]``.
   """
@@ -309,7 +340,7 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
   state = create_train_state(init_key, model, np.asarray(images).shape[1:],
                              cosine_optimizer(steps, learning_rate))
   return fit(fit_key, state, images, labels, epochs=epochs,
-             batch_size=batch_size, augment=augment, test=test,
+             batch_size=batch_size, augment=augment, mix=mix, test=test,
              adversarial=adversarial, progress=progress)
 
 

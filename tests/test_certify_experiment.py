@@ -111,3 +111,53 @@ def test_missing_checkpoint_is_named(tmp_path, capsys):
                       str(tmp_path / "out")])
   assert e.value.code == 2
   assert "nope" in capsys.readouterr().err
+
+
+_DEVICES_SCRIPT = """
+import json, sys
+import numpy as np
+import jax
+from experiments import certify as certify_exp
+assert jax.device_count() == 8
+argv = json.loads(sys.argv[1])
+many = certify_exp.main(argv + ["--out", sys.argv[2] + "/many"])
+one = certify_exp.main(argv + ["--out", sys.argv[2] + "/one", "--devices",
+                               "1"])
+assert many["devices"] == 8 and one["devices"] == 1, (many["devices"],
+                                                      one["devices"])
+for name in ("em-classwise", "random"):
+  a = np.load(sys.argv[2] + f"/many/accuracies-{name}.npz")["accuracies"]
+  b = np.load(sys.argv[2] + f"/one/accuracies-{name}.npz")["accuracies"]
+  np.testing.assert_array_equal(a, b)
+assert many["curves"] == one["curves"]
+print("DEVICES_OK")
+"""
+
+
+def test_draws_sharded_over_fake_devices_match_one_device(setup, tmp_path):
+  import os
+  import subprocess
+  import sys
+  tmp, data_dir = setup
+  argv = _args(tmp, data_dir, "unused")
+  argv = argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8").strip()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(
+      [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  proc = subprocess.run(
+      [sys.executable, "-c", _DEVICES_SCRIPT, json.dumps(argv),
+       str(tmp_path)], env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0 and "DEVICES_OK" in proc.stdout, (
+      proc.stderr[-4000:])
+
+
+def test_distributed_flags_need_distributed(setup, capsys):
+  tmp, data_dir = setup
+  with pytest.raises(SystemExit) as e:
+    certify_exp.main(_args(tmp, data_dir, tmp / "bad", "--process-id", "1"))
+  assert e.value.code == 2
+  assert "need --distributed" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from experiments import craft
 from experiments import evaluate
 from experiments import quickstart
 from jaxue import checkpoint
+from jaxue import data
 from jaxue import models
 from jaxue import train
 
@@ -129,3 +130,96 @@ def test_checkpoint_roundtrip(tmp_path):
                                 model.apply(state.variables, x, False)[0])
   with pytest.raises(FileNotFoundError, match="model.json"):
     checkpoint.load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_table_defences_partial_protection_and_resume(tmp_path, monkeypatch):
+  from experiments import table
+  data_dir = _fake_idx_dir(tmp_path / "data")
+  out = tmp_path / "table"
+  argv = ["--out", str(out), "--data-dir", str(data_dir), "--methods",
+          "clean,random", "--defences", "none,jpeg,cutmix", "--train-size",
+          "200", "--widths", "4,4,4", "--epochs", "1", "--seeds", "1",
+          "--epsilon", "16/255", "--poison-ratio", "0.5"]
+  results = table.main(argv)
+  acc = results["victim_accuracy"]
+  assert set(acc) == {"clean", "random"}
+  assert all(set(row) == {"none", "jpeg", "cutmix"} for row in acc.values())
+  assert all(0 <= a <= 1 for row in acc.values() for a in row.values())
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["victim_accuracy"] == acc
+  assert saved["poison_ratio"] == 0.5 and saved["train_size"] == 200
+  for name in ("table.md", "heatmap.png"):
+    assert (out / name).exists(), name
+  assert "| random |" in (out / "table.md").read_text()
+  cell = json.loads((out / "victims" / "random-jpeg" / "results.json")
+                    .read_text())
+  assert cell["defence"] == "jpeg" and cell["protected_images"] == 100
+
+  def must_not_run(argv=None):
+    raise AssertionError(f"finished cell recomputed: {argv}")
+
+  monkeypatch.setattr(table.evaluate, "main", must_not_run)
+  monkeypatch.setattr(table.craft, "main", must_not_run)
+  assert table.main(argv)["victim_accuracy"] == acc
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--defences", "none,magic"], "unknown defence(s) ['magic']"),
+    (["--methods", "clean,clean"], "lists a method twice"),
+    (["--poison-ratio", "0"], "--poison-ratio must be in (0, 1]"),
+])
+def test_table_bad_flags(tmp_path, capsys, argv, message):
+  from experiments import table
+  with pytest.raises(SystemExit):
+    table.main(["--out", str(tmp_path / "t")] + argv)
+  err = capsys.readouterr().err
+  assert message in err and "Traceback" not in err
+
+
+def test_evaluate_poison_ratio_needs_release(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    evaluate.main(["--clean", "--poison-ratio", "0.5", "--out",
+                   str(tmp_path / "e")])
+  assert "--poison-ratio needs --released" in capsys.readouterr().err
+
+
+def test_craft_model_free_ops_and_lsp(tmp_path, capsys):
+  data_dir = _fake_idx_dir(tmp_path / "data")
+  common_args = ["--data-dir", str(data_dir), "--train-size", "200"]
+  clean, _ = data.load("fashion_mnist", "train", str(data_dir))
+  ops = craft.main(["--out", str(tmp_path / "ops"), "--method", "ops"]
+                   + common_args)
+  assert ops["pixels_changed"] == 1 and ops["epsilon"] is None
+  assert ops["model"] is None and len(ops["craft"]["positions"]) == 10
+  with np.load(tmp_path / "ops" / "released.npz") as f:
+    released, labels, indices = f["images"], f["labels"], f["train_indices"]
+  assert released.dtype == np.uint8 and released.shape == (200, 28, 28, 1)
+  changed = (released != clean[indices]).reshape(200, -1).sum(1)
+  assert changed.max() <= 1
+  with np.load(tmp_path / "ops" / "noise.npz") as f:
+    positions, values = f["ops_positions"], f["ops_values"]
+  rows, cols = positions[labels].T
+  np.testing.assert_array_equal(released[np.arange(200), rows, cols, 0],
+                                values[labels, 0] * 255)
+
+  lsp = craft.main(["--out", str(tmp_path / "lsp"), "--method", "lsp",
+                    "--patch-size", "14"] + common_args)
+  assert lsp["l2_epsilon"] == pytest.approx(28 * 6 / 255)
+  assert lsp["noise_l2_max"] <= lsp["l2_epsilon"] + 1e-4
+  assert lsp["noise_shape"] == [10, 28, 28, 1]
+  assert lsp["craft"]["patch_size"] == 14 and lsp["epsilon"] is None
+  with np.load(tmp_path / "lsp" / "released.npz") as f:
+    assert f["images"].dtype == np.uint8
+  saved = json.loads((tmp_path / "lsp" / "results.json").read_text())
+  assert saved["noise_l2_max"] == pytest.approx(lsp["noise_l2_max"])
+
+  capsys.readouterr()
+  for argv, message in [(["--method", "ops", "--l2-epsilon", "1"],
+                         "--l2-epsilon applies to --method ar and lsp"),
+                        (["--method", "lsp", "--patch-size", "5"],
+                         "patch_size 5 does not divide the 28x28")]:
+    with pytest.raises(SystemExit):
+      craft.main(["--out", str(tmp_path / "bad")] + argv + common_args)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
