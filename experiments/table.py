@@ -94,6 +94,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--max-rounds", type=common.positive_int, default=100,
                  help="EM rounds at most (default 100)")
   craft.add_rem_arguments(p)  # Also the adversarial victims' --rho-a.
+  p.add_argument("--sigma", type=float, default=0.25,
+                 help="PUE's sigma_train (default 0.25; 0.05 suits the "
+                 "small CNN, see experiments.pue_certify)")
+  p.add_argument("--surrogate-draws", type=common.positive_int, default=100,
+                 help="PUE weight draws per level and surrogate step "
+                 "(default 100)")
+  p.add_argument("--noise-draws", type=common.positive_int, default=10,
+                 help="PUE weight draws per level and noise step "
+                 "(default 10)")
   p.add_argument("--clean-epochs", type=common.positive_int, default=10,
                  help="epochs of error-max's clean surrogate (default 10)")
   p.add_argument("--error-max-steps", type=common.positive_int, default=20,
@@ -153,8 +162,12 @@ def craft_argv(args: argparse.Namespace, method: str, out: pathlib.Path
           "--epsilon", repr(args.epsilon)] + _common_flags(args)
   if args.train_size:
     argv += ["--train-size", str(args.train_size)]
-  if method.startswith("em-"):
+  if method.startswith(("em-", "pue-")):
     argv += ["--max-rounds", str(args.max_rounds)]
+  if method.startswith("pue-"):
+    argv += ["--sigma", repr(args.sigma), "--surrogate-draws",
+             str(args.surrogate_draws), "--noise-draws",
+             str(args.noise_draws)]
   elif method == "rem":
     for name in craft.REM_FLAGS:
       if getattr(args, name) is not None:
@@ -208,18 +221,30 @@ def _defence_label(defence: str, rho_a: float) -> str:
   return defence
 
 
+def _budget_label(crafted: dict[str, Any]) -> str:
+  """A crafted dataset's budget: "Linf 16/255", "L2 1.0" or "L0 1 pixel"."""
+  if crafted.get("pixels_changed"):
+    return f"L0 {crafted['pixels_changed']} pixel"
+  if crafted.get("l2_epsilon"):
+    return f"L2 {crafted['l2_epsilon']:.3g}"
+  if crafted.get("epsilon"):
+    return f"Linf {common.epsilon_label(crafted['epsilon'])}"
+  return "-"
+
+
 def markdown(results: dict[str, Any]) -> str:
   """The method x defence table in markdown (mean +- std over seeds)."""
   defence_names = results["defences"]
   lines = ["| method | " + " | ".join(
       _defence_label(d, results["rho_a"]) for d in defence_names)
-           + " | crafting wall time (s) |",
-           "|---" * (len(defence_names) + 2) + "|"]
+           + " | budget | crafting wall time (s) |",
+           "|---" * (len(defence_names) + 3) + "|"]
   for method, cells in results["victim_accuracy"].items():
     row = [method]
     for defence in defence_names:
       std = results["victim_accuracy_std"][method][defence]
       row.append(f"{cells[defence]:.3f} +- {std:.3f}")
+    row.append(results.get("budgets", {}).get(method) or "-")
     seconds = results["craft_wall_seconds"].get(method)
     row.append("-" if seconds is None else f"{seconds:.0f}")
     lines.append("| " + " | ".join(row) + " |")
@@ -290,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "victim_accuracy_std": spread,
       "victim_accuracy_per_seed": per_seed,
       "craft_wall_seconds": craft_seconds,
+      "budgets": {m: _budget_label(c) for m, c in crafted.items()},
       "craft": {m: {"wall_seconds": c["wall_seconds"], **(c.get("craft")
                                                           or {})}
                 for m, c in crafted.items()},
@@ -305,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                "steps": args.adv_steps,
                                "step_size": args.rho_a / 5},
       "rem": {name: getattr(args, name) for name in craft.REM_FLAGS},
+      "pue": {"sigma": args.sigma, "surrogate_draws": args.surrogate_draws,
+              "noise_draws": args.noise_draws},
       "error_max": {"clean_epochs": args.clean_epochs,
                     "pgd_steps": args.error_max_steps},
       "wall_seconds": {"total_this_invocation":
