@@ -22,13 +22,14 @@ set. Writes ``results.json`` (victim accuracy per method and defence: the
 mean over ``--seeds``, spread, per seed; the crafting wall times; every
 setting), ``table.md`` and ``heatmap.png``.
 
-Every cell lives in its own folder under ``--out`` (``craft/METHOD``,
-``victims/METHOD-DEFENCE``) and is skipped when rerun with the same
-settings; an interrupted REM or EM crafting run resumes from its last
-checkpoint. The defaults are the published settings; on a 2-core CPU scale
-down with ``--train-size``, ``--widths``, ``--rem-train-steps``,
-``--eot-draws``, ``--attack-steps``, ``--noise-steps`` and ``--epochs`` (all
-recorded in results.json).
+Every cell lives in its own folder under ``--cells`` (default ``--out``:
+``craft/METHOD``, ``victims/METHOD-DEFENCE``) and is skipped when rerun with
+the same settings, also by another table over the same cells; an interrupted
+REM or EM crafting run resumes from its last checkpoint. The defaults are
+the published settings; on a 2-core CPU scale down with ``--train-size``,
+``--widths``, ``--rem-train-steps``, ``--eot-draws``, ``--attack-steps``,
+``--noise-steps``, ``--surrogate-draws``, ``--noise-draws`` and
+``--epochs`` (all recorded in results.json).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       prog="python -m experiments.table", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out", type=pathlib.Path, required=True)
+  p.add_argument("--cells", type=pathlib.Path, default=None,
+                 help="folder of the cached cells (craft/, victims/; "
+                 "default --out): tables over the same cells share them")
   p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                  help=f"comma-separated, from {', '.join(METHODS)}")
   p.add_argument("--defences", default=",".join(DEFAULT_DEFENCES),
@@ -278,6 +282,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   args.out.mkdir(parents=True, exist_ok=True)
+  cells = args.cells or args.out
   start = time.perf_counter()
   sources = source_dirs(args)
   accuracy, spread, per_seed, crafted, craft_seconds = {}, {}, {}, {}, {}
@@ -288,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       released = sources[method]
       crafted[method] = json.loads((released / "results.json").read_text())
     elif method != "clean":
-      released = args.out / "craft" / method
+      released = cells / "craft" / method
       print(f"== crafting {method}")
       crafted[method] = run_cached(craft, craft_argv(args, method, released),
                                    released)
@@ -300,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                           info["wall_seconds"]["craft"])
     accuracy[method], spread[method], per_seed[method] = {}, {}, {}
     for defence in args.defence_list:
-      out = args.out / "victims" / f"{method}-{defence}"
+      # "standard" is "none": one cell under either name.
+      cell = "none" if defence == "standard" else defence
+      out = cells / "victims" / f"{method}-{cell}"
       print(f"== victims: {method}, defence {defence}")
       victims = run_cached(evaluate,
                            victim_argv(args, defence, released, out),

@@ -162,6 +162,15 @@ def test_table_defences_partial_protection_and_resume(tmp_path, monkeypatch):
   monkeypatch.setattr(table.evaluate, "main", must_not_run)
   monkeypatch.setattr(table.craft, "main", must_not_run)
   assert table.main(argv)["victim_accuracy"] == acc
+  # Another table over the same cells; "standard" is the "none" cell.
+  other = argv[:argv.index("--defences")] + [
+      "--defences", "standard,jpeg", "--cells", str(out), "--out",
+      str(tmp_path / "other")] + argv[argv.index("--defences") + 2:]
+  other.remove("--out")
+  other.remove(str(out))
+  again = table.main(other)["victim_accuracy"]
+  assert again == {m: {"standard": row["none"], "jpeg": row["jpeg"]}
+                   for m, row in acc.items()}
 
 
 @pytest.mark.parametrize("argv,message", [
