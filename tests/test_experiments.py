@@ -193,7 +193,7 @@ def test_evaluate_poison_ratio_needs_release(tmp_path, capsys):
   assert "--poison-ratio needs --released" in capsys.readouterr().err
 
 
-def test_craft_model_free_ops_and_lsp(tmp_path, capsys):
+def test_craft_model_free_ops_lsp_and_ar(tmp_path, capsys):
   data_dir = _fake_idx_dir(tmp_path / "data")
   common_args = ["--data-dir", str(data_dir), "--train-size", "200"]
   clean, _ = data.load("fashion_mnist", "train", str(data_dir))
@@ -222,6 +222,13 @@ def test_craft_model_free_ops_and_lsp(tmp_path, capsys):
     assert f["images"].dtype == np.uint8
   saved = json.loads((tmp_path / "lsp" / "results.json").read_text())
   assert saved["noise_l2_max"] == pytest.approx(lsp["noise_l2_max"])
+
+  ar = craft.main(["--out", str(tmp_path / "ar"), "--method", "ar",
+                   "--l2-epsilon", "0.5"] + common_args)
+  assert ar["l2_epsilon"] == 0.5 and ar["noise_shape"] == [200, 28, 28, 1]
+  assert ar["noise_l2_max"] <= 0.5 + 1e-4
+  with np.load(tmp_path / "ar" / "noise.npz") as f:
+    assert f["ar_coefficients"].shape[:2] == (10, 1)
 
   capsys.readouterr()
   for argv, message in [(["--method", "ops", "--l2-epsilon", "1"],
