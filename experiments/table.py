@@ -327,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                           or {})}
                 for m, c in crafted.items()},
       "defences": args.defence_list, "poison_ratio": args.poison_ratio,
+      "cells": str(cells),
       "dataset": args.dataset, "train_size": train_size,
       "channels": channels,
       "epsilon": args.epsilon, "rho_a": args.rho_a,
