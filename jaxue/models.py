@@ -85,20 +85,68 @@ def _conv_im2col(x, kernel, strides, padding):
   return _matmul_patches(_patches(x, kernel.shape, strides, padding), kernel)
 
 
+def _transposed_conv_lax(grad, kernel, padding):
+  """XLA's *forward* convolution of ``grad`` with the flipped, transposed
+  kernel: d(stride-1 conv)/dx applied to ``grad``."""
+  kh, kw, _, _ = kernel.shape
+  flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return jax.lax.conv_general_dilated(
+      grad, flipped, (1, 1),
+      ((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _transposed_conv_im2col(grad, kernel, padding):
+  """The same as `_transposed_conv_lax`, as im2col's transpose (matrix
+  products, pads and adds)."""
+  kh, kw, _, _ = kernel.shape
+  n, h, w, _ = grad.shape
+  shape = (n, h + kh - 1 - 2 * padding, w + kw - 1 - 2 * padding,
+           kernel.shape[2])
+  _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, 1, padding),
+                   jnp.zeros(shape, grad.dtype))
+  return vjp(grad)[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _input_grad_stride1(padding: int):
+  """``f(grad, kernel)``: `_transposed_conv_lax`, with a vmap rule."""
+
+  @jax.custom_batching.custom_vmap
+  def input_grad(grad, kernel):
+    return _transposed_conv_lax(grad, kernel, padding)
+
+  @input_grad.def_vmap
+  def input_grad_vmap(axis_size, in_batched, grad, kernel):
+    # XLA:CPU runs a convolution whose kernel differs per vmapped element (a
+    # per-draw weight perturbation: PUE) as a slow grouped convolution, so
+    # batched kernels take the matrix-product form. Batched gradients with a
+    # shared kernel fold into the convolution's batch dimension.
+    del axis_size
+    grad_batched, kernel_batched = in_batched
+    if kernel_batched:
+      out = jax.vmap(lambda g, k: _transposed_conv_im2col(g, k, padding),
+                     in_axes=(0 if grad_batched else None, 0))(grad, kernel)
+    else:
+      b, n = grad.shape[:2]
+      out = input_grad(grad.reshape((b * n,) + grad.shape[2:]), kernel)
+      out = out.reshape((b, n) + out.shape[1:])
+    return out, True
+
+  return input_grad
+
+
 def _conv_input_grad(grad, x, kernel, strides, padding):
   """d(conv)/dx applied to ``grad``.
 
   At stride 1 this is XLA's *forward* convolution of the gradient with the
-  flipped, transposed kernel (fast on XLA:CPU, also inside loops); strided
-  convolutions transpose the im2col form instead.
+  flipped, transposed kernel (fast on XLA:CPU, also inside loops; under a
+  vmap over kernels, im2col's transpose); strided convolutions transpose
+  the im2col form.
   """
   kh, kw, _, _ = kernel.shape
   if strides == 1 and padding <= min(kh, kw) - 1:
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    return jax.lax.conv_general_dilated(
-        grad, flipped, (1, 1),
-        ((kh - 1 - padding,) * 2, (kw - 1 - padding,) * 2),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _input_grad_stride1(padding)(grad, kernel)
   _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, strides, padding), x)
   return vjp(grad)[0]
 

@@ -85,6 +85,26 @@ def test_conv_impls_inside_scan_and_vmap():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("axes", [(0, 0, 0), (0, None, 0), (None, 0, 0)])
+def test_hybrid_input_gradient_under_vmap(axes):
+  # Batched kernels (per-draw weights, PUE) and batched inputs take
+  # different paths of the hybrid input gradient's vmap rule.
+  x = jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 5))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5, 4))
+  g = jax.random.normal(jax.random.key(2), (3, 2, 6, 6, 4))
+  x = x if axes[0] == 0 else x[0]
+  w = w if axes[1] == 0 else w[0]
+
+  def input_grad(x, w, g, impl):
+    _, vjp = jax.vjp(lambda x: models.conv2d(x, w, padding=1, impl=impl), x)
+    return vjp(g)[0]
+
+  got = jax.jit(jax.vmap(lambda *a: input_grad(*a, "hybrid"),
+                         in_axes=axes))(x, w, g)
+  want = jax.vmap(lambda *a: input_grad(*a, "lax"), in_axes=axes)(x, w, g)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_max_pool_matches_flax():
   import flax.linen as nn
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
