@@ -122,8 +122,11 @@ def _input_grad_stride1(padding: int):
     # per-draw weight perturbation: PUE) as a slow grouped convolution, so
     # batched kernels take the matrix-product form. Batched gradients with a
     # shared kernel fold into the convolution's batch dimension.
-    del axis_size
     grad_batched, kernel_batched = in_batched
+    if axis_size == 1:  # E.g. lax.map(batch_size=1): no real batch.
+      out = input_grad(grad[0] if grad_batched else grad,
+                       kernel[0] if kernel_batched else kernel)
+      return out[None], True
     if kernel_batched:
       out = jax.vmap(lambda g, k: _transposed_conv_im2col(g, k, padding),
                      in_axes=(0 if grad_batched else None, 0))(grad, kernel)
