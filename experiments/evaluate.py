@@ -145,10 +145,13 @@ def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   return images, labels.astype(np.int32)
 
 
-def clean_originals(path: pathlib.Path, dataset: str, data_dir: str | None,
+def clean_originals(path: pathlib.Path, dataset: str,
+                    clean_train: tuple[np.ndarray, np.ndarray],
                     labels: np.ndarray) -> np.ndarray:
   """The clean training images a release was made from (by the
-  ``train_indices`` that `experiments.craft` stores), checked by label."""
+  ``train_indices`` that `experiments.craft` stores), checked by label.
+
+  ``clean_train`` is the whole clean training set of ``dataset``."""
   path = _released_file(path)
   with np.load(path) as f:
     if "train_indices" not in f:
@@ -156,7 +159,7 @@ def clean_originals(path: pathlib.Path, dataset: str, data_dir: str | None,
           f"{path} has no 'train_indices': --poison-ratio needs a release "
           "written by experiments.craft")
     indices = f["train_indices"]
-  x_train, y_train = data_lib.load(dataset, "train", data_dir)
+  x_train, y_train = clean_train
   if len(indices) != len(labels) or indices.max(initial=0) >= len(y_train):
     raise ValueError(f"{path}: its train_indices do not fit the {dataset} "
                      "training set; pass the matching --dataset")
@@ -181,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
       x_train, y_train = load_released(args.released)
   protected = None
   if args.poison_ratio < 1:
-    clean = clean_originals(args.released, args.dataset, args.data_dir,
-                            y_train)
+    clean = clean_originals(args.released, args.dataset, ds["train"],
+                            y_train)  # ds["train"]: the whole clean set.
     x_train, mask = noise_lib.protect_fraction(
         jax.random.fold_in(jax.random.key(args.seed), 7), clean, x_train,
         args.poison_ratio)

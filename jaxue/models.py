@@ -96,16 +96,18 @@ def _transposed_conv_lax(grad, kernel, padding):
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _transposed_conv_im2col(grad, kernel, padding):
-  """The same as `_transposed_conv_lax`, as im2col's transpose (matrix
-  products, pads and adds)."""
-  kh, kw, _, _ = kernel.shape
-  n, h, w, _ = grad.shape
-  shape = (n, h + kh - 1 - 2 * padding, w + kw - 1 - 2 * padding,
-           kernel.shape[2])
-  _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, 1, padding),
-                   jnp.zeros(shape, grad.dtype))
+def _transposed_conv_im2col(grad, kernel, strides, padding, input_shape):
+  """d(conv)/dx applied to ``grad`` as im2col's transpose (matrix products,
+  pads and adds), for an input of ``input_shape``."""
+  _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, strides, padding),
+                   jnp.zeros(input_shape, grad.dtype))
   return vjp(grad)[0]
+
+
+def _stride1_input_shape(grad_shape, kernel_shape, padding):
+  n, h, w, _ = grad_shape
+  kh, kw, cin, _ = kernel_shape
+  return (n, h + kh - 1 - 2 * padding, w + kw - 1 - 2 * padding, cin)
 
 
 @functools.lru_cache(maxsize=None)
@@ -128,8 +130,12 @@ def _input_grad_stride1(padding: int):
                        kernel[0] if kernel_batched else kernel)
       return out[None], True
     if kernel_batched:
-      out = jax.vmap(lambda g, k: _transposed_conv_im2col(g, k, padding),
-                     in_axes=(0 if grad_batched else None, 0))(grad, kernel)
+      def one(g, k):
+        return _transposed_conv_im2col(
+            g, k, 1, padding, _stride1_input_shape(g.shape, k.shape, padding))
+
+      out = jax.vmap(one, in_axes=(0 if grad_batched else None, 0))(grad,
+                                                                     kernel)
     else:
       b, n = grad.shape[:2]
       out = input_grad(grad.reshape((b * n,) + grad.shape[2:]), kernel)
@@ -150,8 +156,7 @@ def _conv_input_grad(grad, x, kernel, strides, padding):
   kh, kw, _, _ = kernel.shape
   if strides == 1 and padding <= min(kh, kw) - 1:
     return _input_grad_stride1(padding)(grad, kernel)
-  _, vjp = jax.vjp(lambda x: _conv_im2col(x, kernel, strides, padding), x)
-  return vjp(grad)[0]
+  return _transposed_conv_im2col(grad, kernel, strides, padding, x.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
