@@ -56,6 +56,8 @@ METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
 MODEL_FREE = ("random", "ops", "ar", "lsp")
 # Methods whose budget is not an L-inf ball (L2 for ar/lsp, L0 for ops).
 NOT_LINF = ("ops", "ar", "lsp")
+# Methods whose noise has one entry per class (release indexes it by label).
+CLASSWISE = ("em-classwise", "pue-classwise", "lsp")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -233,11 +235,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                             input_shape=shape, extra=extra)
 
   linf = args.method not in NOT_LINF
-  # LSP noise is class-wise; index it so that release cannot mistake it
-  # for sample-wise noise when there are as many images as classes.
   released = noise_lib.release(
-      x_train, y_train, delta[y_train] if args.method == "lsp" else delta,
-      epsilon=args.epsilon if linf else None)
+      x_train, y_train, delta, epsilon=args.epsilon if linf else None,
+      classwise=args.method in CLASSWISE)
   checkpoint.save_npz(out / "noise.npz", noise=delta,
                       train_indices=ds["indices"], labels=y_train, **arrays)
   checkpoint.save_npz(out / "released.npz", images=released, labels=y_train,

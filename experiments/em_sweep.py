@@ -85,7 +85,8 @@ def run_cell(args, name: str, method: str, epsilon: float | None,
         num_classes=data["num_classes"], mode=method.removeprefix("em-"),
         epsilon=epsilon, max_rounds=args.max_rounds, progress=name)
     images = noise_lib.release(x_train, y_train, result.noise,
-                               epsilon=epsilon)
+                               epsilon=epsilon,
+                               classwise=method == "em-classwise")
     craft = {"rounds": len(result.history["accuracy"]),
              "converged": result.converged,
              "final_noisy_accuracy": result.history["accuracy"][-1]}

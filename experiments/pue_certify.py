@@ -211,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
       craft_info[method] = json.loads(
           (out / "stages" / f"craft_{method}.json").read_text())
       with np.load(noise_path) as f:
-        released[method] = noise_lib.release(x_train, y_train, f["noise"],
-                                             epsilon=args.epsilon)
+        released[method] = noise_lib.release(
+            x_train, y_train, f["noise"], epsilon=args.epsilon,
+            classwise=method.endswith("classwise"))
     print(f"{method}: {craft_info[method]['rounds']} rounds "
           f"({craft_info[method]['robust_rounds']} robust), converged "
           f"{craft_info[method]['converged']}")

@@ -147,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   released = {
       "clean": x_train,
       "random": noise_lib.release(x_train, y_train, random_delta),
-      args.method: noise_lib.release(x_train, y_train, crafted.noise,
-                                     epsilon=args.epsilon),
+      args.method: noise_lib.release(
+          x_train, y_train, crafted.noise, epsilon=args.epsilon,
+          classwise=args.method.endswith("classwise")),
   }
   checkpoint.save_npz(out / "noise.npz", noise=crafted.noise,
                       train_indices=ds["indices"], labels=y_train)
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"({sum(pue.history['robust'])} robust), "
           f"{timer.seconds['craft_pue']:.0f} s")
     released["pue-classwise"] = noise_lib.release(
-        x_train, y_train, pue.noise, epsilon=args.epsilon)
+        x_train, y_train, pue.noise, epsilon=args.epsilon, classwise=True)
     surrogates["pue-classwise"] = pue.surrogate
     checkpoint.save_model(out / "surrogate-pue", pue.surrogate,
                           model=model_spec, input_shape=shape,

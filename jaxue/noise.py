@@ -69,7 +69,8 @@ def noise_for(noise: jax.Array, indices: jax.Array, labels: jax.Array,
 
 
 def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
-            epsilon: float | None = None) -> np.ndarray:
+            epsilon: float | None = None,
+            classwise: bool | None = None) -> np.ndarray:
   """The data owner's release: ``round(clip(x + delta, 0, 1) * 255)``.
 
   The noise keeps its sign (the reference UE evaluation clamps it to be
@@ -81,6 +82,10 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
     noise: float perturbation, (N, H, W, C) sample-wise or
       (num_classes, H, W, C) class-wise, in [-1, 1].
     epsilon: if given, also check ``max |noise| <= epsilon``.
+    classwise: True: ``noise[labels[i]]`` protects image i; False: ``noise[i]``
+      does. None infers it from ``noise.shape[0]``, which is ambiguous when
+      there are exactly as many images as classes (then sample-wise is
+      assumed): crafting code passes it explicitly.
 
   Returns:
     The protected uint8 images, same shape as ``images``.
@@ -106,15 +111,20 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
     raise ValueError(
         f"noise exceeds its budget: max |noise| = {bound:.5f} > eps = "
         f"{epsilon:.5f}")
-  if noise.shape[0] == images.shape[0]:
-    per_image = noise
-  elif labels.max(initial=0) < noise.shape[0]:
-    per_image = noise[labels]
-  else:
-    raise ValueError(
-        f"noise has {noise.shape[0]} entries: neither one per image "
-        f"({images.shape[0]}) nor one per class (labels go up to "
-        f"{labels.max()})")
+  top = labels.max(initial=0)
+  if classwise is None:
+    if noise.shape[0] != images.shape[0] and top >= noise.shape[0]:
+      raise ValueError(
+          f"noise has {noise.shape[0]} entries: neither one per image "
+          f"({images.shape[0]}) nor one per class (labels go up to {top})")
+    classwise = noise.shape[0] != images.shape[0]
+  if classwise and top >= noise.shape[0]:
+    raise ValueError(f"class-wise noise has {noise.shape[0]} entries but "
+                     f"the labels go up to {top}")
+  if not classwise and noise.shape[0] != images.shape[0]:
+    raise ValueError(f"sample-wise noise needs one entry per image "
+                     f"({images.shape[0]}), got {noise.shape[0]}")
+  per_image = noise[labels] if classwise else noise
   x = images.astype(np.float32) / 255.0 + per_image.astype(np.float32)
   return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 

@@ -151,6 +151,26 @@ def test_release_classwise_picks_label_noise():
   np.testing.assert_array_equal(out[:, 0, 0, 0], [105, 95, 95])
 
 
+def test_release_classwise_when_images_equal_classes():
+  # Two images of classes 1, 0 and two class noises: only the explicit
+  # flag tells class-wise from sample-wise.
+  images = np.full((2, 1, 1, 1), 100, np.uint8)
+  labels = np.array([1, 0], np.int32)
+  delta = np.array([5, -5], np.float32).reshape(2, 1, 1, 1) / 255
+  by_class = noise.release(images, labels, delta, classwise=True)
+  by_sample = noise.release(images, labels, delta, classwise=False)
+  np.testing.assert_array_equal(by_class.ravel(), [95, 105])
+  np.testing.assert_array_equal(by_sample.ravel(), [105, 95])
+  np.testing.assert_array_equal(noise.release(images, labels, delta),
+                                by_sample)
+  with pytest.raises(ValueError, match="sample-wise noise needs"):
+    noise.release(np.full((3, 1, 1, 1), 9, np.uint8),
+                  np.array([0, 1, 1], np.int32), delta, classwise=False)
+  with pytest.raises(ValueError, match="class-wise noise has 2"):
+    noise.release(images, np.array([2, 0], np.int32), delta,
+                  classwise=True)
+
+
 def test_release_errors():
   images = np.zeros((4, 2, 2, 1), np.uint8)
   labels = np.zeros(4, np.int32)
