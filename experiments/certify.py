@@ -99,8 +99,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--sweep-draws", type=common.positive_int, default=32)
   p.add_argument("--chunk-size", type=common.positive_int, default=None,
                  help="draws vmapped together (default: 1 on CPU, 16 else)")
-  p.add_argument("--batch-size", type=common.positive_int, default=1000,
-                 help="test images per forward pass")
+  p.add_argument("--batch-size", type=common.positive_int, default=None,
+                 help="test images per forward pass (default: 100 on CPU, "
+                 "1000 else)")
   p.add_argument("--segment-draws", type=common.positive_int, default=None,
                  help="draws between saves (default 16 x chunk size)")
   p.add_argument("--dataset", default="fashion_mnist")
@@ -189,7 +190,7 @@ def certify_checkpoint(
     simultaneous: str | None = None, sweep_sigmas: Sequence[float] = (),
     sweep_draws: int = 32, path: pathlib.Path | None = None,
     segment_draws: int | None = None, chunk_size: int | None = None,
-    batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None,
+    batch_size: int | None = None, mesh: jax.sharding.Mesh | None = None,
     name: str = "model", verbose: bool = True
 ) -> dict[str, Any]:
   """Sweep σ, draw N smoothed accuracies and certify one model.
@@ -216,7 +217,8 @@ def certify_checkpoint(
     path: optional .npz file to save to and resume from.
     segment_draws: draws between saves (default 16 chunks).
     chunk_size: draws vmapped together (`certify.sample_accuracies`).
-    batch_size: test images per forward pass.
+    batch_size: test images per forward pass (default
+      `certify.default_batch_size()`).
     mesh: optional device mesh with a "samples" axis: draws are sharded over
       it (`certify.sample_accuracies`); only process 0 writes `path`.
     name: label in printed messages.
@@ -248,8 +250,9 @@ def certify_checkpoint(
         chunks_per_block=CHUNKS_PER_BLOCK, mesh=mesh)
 
   if "unperturbed" not in saved:
-    accuracy = train.evaluate(model.apply, variables, images, labels,
-                              batch_size=batch_size)  # float32: round.
+    accuracy = train.evaluate(
+        model.apply, variables, images, labels,
+        batch_size=batch_size or certify.default_batch_size())  # f32: round.
     saved["unperturbed"] = np.float64(round(accuracy * len(labels)) /
                                       len(labels))
     save()

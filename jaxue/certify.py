@@ -39,6 +39,7 @@ __all__ = [
     "CertificationCurve",
     "certified_learnability",
     "certified_rank",
+    "default_batch_size",
     "default_chunk_size",
     "learnability_curve",
     "min_draws",
@@ -123,6 +124,21 @@ def default_chunk_size(backend: str | None = None) -> int:
   """
   backend = jax.default_backend() if backend is None else backend
   return 1 if backend.lower() == "cpu" else 16
+
+
+def default_batch_size(backend: str | None = None) -> int:
+  """Test images per forward pass: 100 on CPU, 1000 on GPU/TPU.
+
+  On XLA:CPU (2 cores, small CNN 16/32/64, 28x28, chunk 1) a draw over
+  10,000 images took 0.54-0.55 s with batches of 100 or 200 against 0.74 s
+  with 1000 and 0.88 s with 2000: small batches keep the activations in
+  cache. Accelerators need large batches to fill.
+
+  Args:
+    backend: as in `default_chunk_size`.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  return 100 if backend.lower() == "cpu" else 1000
 
 
 def _round_up(x: int, m: int) -> int:
@@ -214,7 +230,7 @@ def sample_accuracies(
     num_draws: int,
     first_draw: int = 0,
     chunk_size: int | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     mesh: Mesh | None = None,
     draw_axis: str = "samples",
     data_axis: str | None = None,
@@ -261,7 +277,8 @@ def sample_accuracies(
     chunk_size: draws vmapped together per device; default
       `default_chunk_size()` for the mesh's (or default) backend.
     batch_size: test images per forward pass (split over `data_axis`; rounded
-      up to a multiple of its size).
+      up to a multiple of its size); default `default_batch_size()` for the
+      mesh's (or default) backend.
     mesh: optional `jax.sharding.Mesh`.
     draw_axis: mesh axis over which draws are sharded.
     data_axis: optional mesh axis over which test batches are sharded.
@@ -325,7 +342,8 @@ def sample_accuracies(
   images = np.asarray(images)
   labels = np.asarray(labels).astype(np.int32)
   n = images.shape[0]
-  batch = _round_up(min(batch_size, n), n_data_dev)
+  batch = _round_up(min(batch_size or default_batch_size(backend), n),
+                    n_data_dev)
   num_batches = -(-n // batch)
   pad = num_batches * batch - n
   if pad:

@@ -290,6 +290,19 @@ def test_accuracies_match_loop_and_chunking():
                                    labels, sigma=0.1, num_draws=3,
                                    batch_size=16)
   np.testing.assert_array_equal(head, want[:3])
+  # Nor on the test batch size (the default is the backend's).
+  for batch in (5, None):
+    got = certify.sample_accuracies(
+        key, MODEL.apply, variables, images, labels, sigma=0.1, num_draws=7,
+        batch_size=batch)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_default_sizes_per_backend():
+  assert certify.default_batch_size("cpu") == 100
+  assert certify.default_batch_size("gpu") == 1000
+  assert certify.default_chunk_size("cpu") == 1
+  assert certify.default_chunk_size("tpu") == 16
 
 
 def test_segments_concatenate_to_one_run():
