@@ -128,6 +128,7 @@ class Sizes:
   pue_chunks: tuple[str, ...] = ("1", "10")
   test_size: int = 10_000
   certify_batch: int | None = None  # certify.default_batch_size().
+  extra_certify_batch: int | None = 1000
   jaxue_draws: int = 64
   torch_draws: int = 16
   matmul_size: int = 2048
@@ -142,7 +143,8 @@ PRESETS = {
     "smoke": Sizes(repeats=1, batch_size=8, extra_batch_size=None,
                    sgd_steps=2, em_train_steps=2, pgd_steps=2, em_images=16,
                    pue_draws=2, pue_chunks=("1",), test_size=40,
-                   certify_batch=20, jaxue_draws=4, torch_draws=1,
+                   certify_batch=20, extra_certify_batch=None,
+                   jaxue_draws=4, torch_draws=1,
                    matmul_size=64),
 }
 
@@ -685,11 +687,13 @@ def bench_pue(ctx: dict[str, Any]) -> dict[str, Any]:
                jaxue_path="jaxue.noise.robust_surrogate_step (vmapped draws)")
 
 
-def bench_certify(ctx: dict[str, Any]) -> dict[str, Any]:
-  """Certification draws over the test set (seconds per draw)."""
+def bench_certify(ctx: dict[str, Any], batch: int | None = None
+                  ) -> dict[str, Any]:
+  """Certification draws over the test set (seconds per draw), both sides
+  in test batches of ``batch`` (default: the backend's)."""
   sizes: Sizes = ctx["sizes"]
   n = sizes.test_size
-  batch = sizes.certify_batch or certify.default_batch_size()
+  batch = batch or certify.default_batch_size()
   images, labels = ctx["test_images"], ctx["test_labels"]
   chunk = certify.default_chunk_size()
   block = chunk * 4  # sample_accuracies' default chunks_per_block.
@@ -815,11 +819,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "pgd_step": lambda: bench_pgd(ctx),
       "em_iteration": lambda: bench_em(ctx),
       "pue_surrogate_step": lambda: bench_pue(ctx),
-      "certify": lambda: bench_certify(ctx),
+      "certify": lambda: bench_certify(ctx, sizes.certify_batch),
   }
   if sizes.extra_batch_size:
     benches[f"sgd_step_b{sizes.extra_batch_size}"] = (
         lambda: bench_sgd(ctx, sizes.extra_batch_size))
+  if (sizes.extra_certify_batch and sizes.extra_certify_batch
+      != (sizes.certify_batch or certify.default_batch_size())):
+    benches[f"certify_b{sizes.extra_certify_batch}"] = (
+        lambda: bench_certify(ctx, sizes.extra_certify_batch))
   workloads, extra = {}, {}
   for name, bench in benches.items():
     wall = time.perf_counter()
