@@ -687,13 +687,11 @@ def bench_pue(ctx: dict[str, Any]) -> dict[str, Any]:
                jaxue_path="jaxue.noise.robust_surrogate_step (vmapped draws)")
 
 
-def bench_certify(ctx: dict[str, Any], batch: int | None = None
-                  ) -> dict[str, Any]:
+def bench_certify(ctx: dict[str, Any], batch: int) -> dict[str, Any]:
   """Certification draws over the test set (seconds per draw), both sides
-  in test batches of ``batch`` (default: the backend's)."""
+  in test batches of ``batch``."""
   sizes: Sizes = ctx["sizes"]
   n = sizes.test_size
-  batch = batch or certify.default_batch_size()
   images, labels = ctx["test_images"], ctx["test_labels"]
   chunk = certify.default_chunk_size()
   block = chunk * 4  # sample_accuracies' default chunks_per_block.
@@ -814,18 +812,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   matmul = matmul_gflops(sizes.matmul_size, sizes.repeats)
   print(f"matmul {sizes.matmul_size}^3: {matmul['gflops']:.1f} GFLOP/s",
         flush=True)
+  certify_batch = sizes.certify_batch or certify.default_batch_size()
   benches = {
       "sgd_step": lambda: bench_sgd(ctx, sizes.batch_size),
       "pgd_step": lambda: bench_pgd(ctx),
       "em_iteration": lambda: bench_em(ctx),
       "pue_surrogate_step": lambda: bench_pue(ctx),
-      "certify": lambda: bench_certify(ctx, sizes.certify_batch),
+      "certify": lambda: bench_certify(ctx, certify_batch),
   }
   if sizes.extra_batch_size:
     benches[f"sgd_step_b{sizes.extra_batch_size}"] = (
         lambda: bench_sgd(ctx, sizes.extra_batch_size))
-  if (sizes.extra_certify_batch and sizes.extra_certify_batch
-      != (sizes.certify_batch or certify.default_batch_size())):
+  if sizes.extra_certify_batch not in (None, certify_batch):
     benches[f"certify_b{sizes.extra_certify_batch}"] = (
         lambda: bench_certify(ctx, sizes.extra_certify_batch))
   workloads, extra = {}, {}

@@ -232,6 +232,7 @@ def certify_checkpoint(
     "seconds" (this call)}.
   """
   start = time.perf_counter()
+  batch_size = batch_size or certify.default_batch_size()
   main_key, sweep_key = jax.random.split(key)
   config = {"sigma": float(sigma),
             "key": np.asarray(jax.random.key_data(key)).tolist(),
@@ -250,9 +251,8 @@ def certify_checkpoint(
         chunks_per_block=CHUNKS_PER_BLOCK, mesh=mesh)
 
   if "unperturbed" not in saved:
-    accuracy = train.evaluate(
-        model.apply, variables, images, labels,
-        batch_size=batch_size or certify.default_batch_size())  # f32: round.
+    accuracy = train.evaluate(model.apply, variables, images, labels,
+                              batch_size=batch_size)  # float32: round.
     saved["unperturbed"] = np.float64(round(accuracy * len(labels)) /
                                       len(labels))
     save()

@@ -23,6 +23,9 @@ from jaxue import data as data_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CPU_WIDTHS = (16, 32, 64)
+# Methods whose noise has one entry per class (`noise.release` indexes it by
+# label).
+CLASSWISE = ("em-classwise", "pue-classwise", "lsp")
 
 
 class UsageError(ValueError):

@@ -56,8 +56,6 @@ METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
 MODEL_FREE = ("random", "ops", "ar", "lsp")
 # Methods whose budget is not an L-inf ball (L2 for ar/lsp, L0 for ops).
 NOT_LINF = ("ops", "ar", "lsp")
-# Methods whose noise has one entry per class (release indexes it by label).
-CLASSWISE = ("em-classwise", "pue-classwise", "lsp")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -237,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   linf = args.method not in NOT_LINF
   released = noise_lib.release(
       x_train, y_train, delta, epsilon=args.epsilon if linf else None,
-      classwise=args.method in CLASSWISE)
+      classwise=args.method in common.CLASSWISE)
   checkpoint.save_npz(out / "noise.npz", noise=delta,
                       train_indices=ds["indices"], labels=y_train, **arrays)
   checkpoint.save_npz(out / "released.npz", images=released, labels=y_train,

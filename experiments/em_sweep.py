@@ -86,7 +86,7 @@ def run_cell(args, name: str, method: str, epsilon: float | None,
         epsilon=epsilon, max_rounds=args.max_rounds, progress=name)
     images = noise_lib.release(x_train, y_train, result.noise,
                                epsilon=epsilon,
-                               classwise=method == "em-classwise")
+                               classwise=method in common.CLASSWISE)
     craft = {"rounds": len(result.history["accuracy"]),
              "converged": result.converged,
              "final_noisy_accuracy": result.history["accuracy"][-1]}

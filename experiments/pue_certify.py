@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       with np.load(noise_path) as f:
         released[method] = noise_lib.release(
             x_train, y_train, f["noise"], epsilon=args.epsilon,
-            classwise=method.endswith("classwise"))
+            classwise=method in common.CLASSWISE)
     print(f"{method}: {craft_info[method]['rounds']} rounds "
           f"({craft_info[method]['robust_rounds']} robust), converged "
           f"{craft_info[method]['converged']}")

@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "random": noise_lib.release(x_train, y_train, random_delta),
       args.method: noise_lib.release(
           x_train, y_train, crafted.noise, epsilon=args.epsilon,
-          classwise=args.method.endswith("classwise")),
+          classwise=args.method in common.CLASSWISE),
   }
   checkpoint.save_npz(out / "noise.npz", noise=crafted.noise,
                       train_indices=ds["indices"], labels=y_train)

@@ -68,7 +68,8 @@ def _plain_pue_step(state, batch, key, pue):
 
   for j, sigma in enumerate(pue.levels()):
     keys = jax.random.split(jax.random.fold_in(key, j), pue.surrogate_draws)
-    # sigma 0 adds exact zeros: any positive sigma times 0 is the same draw.
+    # A traced sigma lets level 0 (sigma = 0) through perturb_params' check;
+    # it adds exact zeros, as in the jitted step.
     draws = [draw_grad(state, k, jnp.float32(sigma)) for k in keys]
     mean = lambda *leaves: jnp.mean(jnp.stack(leaves), axis=0)
     grads = jax.tree.map(mean, *[g for _, g in draws])
