@@ -64,14 +64,6 @@ SIZING_ETAS = (0.1, 0.2, 0.3, 0.4, 0.5)
 CHUNKS_PER_BLOCK = 4  # Draws per compiled call = 4 chunks (per device).
 
 
-def float_list(text: str) -> tuple[float, ...]:
-  try:
-    return tuple(float(v) for v in text.split(",") if v.strip())
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"not a comma-separated list of numbers: {text!r}") from e
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python -m experiments.certify", description=__doc__,
@@ -88,12 +80,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--n", type=common.positive_int, default=1000,
                  help="Monte-Carlo draws N (default 1000)")
   p.add_argument("--confidence", type=float, default=0.99)
-  p.add_argument("--etas", type=float_list, default=certify.PUBLISHED_ETAS,
+  p.add_argument("--etas", type=common.etas_arg,
+                 default=certify.PUBLISHED_ETAS,
                  help="comma-separated radii η (default: the published grid)")
   p.add_argument("--simultaneous", choices=tuple(MODES), default="none",
                  help="none: per-η bound (the paper); union/dkw: one bound "
                  "for the whole curve")
-  p.add_argument("--sigma-sweep", type=float_list,
+  p.add_argument("--sigma-sweep", type=common.float_list,
                  default=(0.01, 0.02, 0.05, 0.1, 0.25),
                  help="σ values to explore ('' to skip)")
   p.add_argument("--sweep-draws", type=common.positive_int, default=32)

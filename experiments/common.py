@@ -68,6 +68,27 @@ def nonnegative_int(text: str) -> int:
   return _int_at_least(text, 0)
 
 
+def float_list(text: str) -> tuple[float, ...]:
+  """Comma-separated finite numbers; ``""`` gives an empty tuple."""
+  try:
+    values = tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(
+        f"not a comma-separated list of numbers: {text!r}") from e
+  if not all(np.isfinite(v) for v in values):
+    raise argparse.ArgumentTypeError(f"numbers must be finite, got {text!r}")
+  return values
+
+
+def etas_arg(text: str) -> tuple[float, ...]:
+  """A non-empty comma-separated list of radii eta >= 0 (finite)."""
+  etas = float_list(text)
+  if not etas or min(etas) < 0:
+    raise argparse.ArgumentTypeError(
+        f"etas must be finite numbers >= 0, got {text!r}")
+  return etas
+
+
 def widths_arg(text: str) -> tuple[int, ...]:
   try:
     widths = tuple(int(w) for w in text.split(","))

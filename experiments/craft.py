@@ -46,6 +46,7 @@ from jaxue import baselines
 from jaxue import checkpoint
 from jaxue import models
 from jaxue import noise as noise_lib
+from jaxue import pue as pue_lib
 from jaxue import rem as rem_lib
 from jaxue import train
 
@@ -178,8 +179,8 @@ def add_rem_arguments(parser: argparse.ArgumentParser) -> None:
                    "(default 200)")
 
 
-def pue_config(args: argparse.Namespace) -> noise_lib.PUEConfig:
-  return noise_lib.PUEConfig(
+def pue_config(args: argparse.Namespace) -> pue_lib.PUEConfig:
+  return pue_lib.PUEConfig(
       sigma=args.sigma, sigma_step=args.sigma_step,
       surrogate_draws=args.surrogate_draws, noise_draws=args.noise_draws,
       draw_chunk=args.draw_chunk)
@@ -334,7 +335,7 @@ def _craft_em(args, ds, model, init_key, craft_key):
     _save_resume(resume_dir, args, round_index, state, noise,
                  crafted_history)
 
-  robust = (noise_lib.pue_steps(cfg, pue_config(args))
+  robust = (pue_lib.pue_steps(cfg, pue_config(args))
             if args.method.startswith("pue-") else {})
   result = noise_lib.craft(
       craft_key, resume["state"] if resume else surrogate, x_train,

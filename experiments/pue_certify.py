@@ -28,7 +28,6 @@ import argparse
 from collections.abc import Sequence
 import json
 import pathlib
-import time
 
 import jax
 import numpy as np
@@ -41,6 +40,7 @@ from jaxue import checkpoint
 from jaxue import data as data_lib
 from jaxue import models
 from jaxue import noise as noise_lib
+from jaxue import pue as pue_lib
 from jaxue import recover
 from jaxue import train
 
@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--seeds", type=common.positive_int, default=2)
   p.add_argument("--sigma", type=float, default=None,
                  help="smoothing sigma (default: chosen from the sweep)")
-  p.add_argument("--sigma-sweep", type=certify_exp.float_list,
+  p.add_argument("--sigma-sweep", type=common.float_list,
                  default=(0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25))
   p.add_argument("--sweep-draws", type=common.positive_int, default=32)
   p.add_argument("--min-quantile", type=float, default=0.7,
@@ -76,7 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--surrogate-draws", type=common.positive_int, default=100)
   p.add_argument("--noise-draws", type=common.positive_int, default=10)
   p.add_argument("--draw-chunk", type=common.positive_int, default=None)
-  p.add_argument("--recovery-etas", type=certify_exp.float_list,
+  p.add_argument("--recovery-etas", type=common.etas_arg,
                  default=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
   p.add_argument("--recovery-fraction", type=float, default=0.2)
   p.add_argument("--recovery-epochs", type=common.positive_int, default=10)
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                max_rounds=args.max_rounds)
       robust = {}
       if method.startswith("pue"):
-        robust = noise_lib.pue_steps(cfg, noise_lib.PUEConfig(
+        robust = pue_lib.pue_steps(cfg, pue_lib.PUEConfig(
             sigma=sigma, sigma_step=sigma / 5,
             surrogate_draws=args.surrogate_draws,
             noise_draws=args.noise_draws, draw_chunk=args.draw_chunk))

@@ -36,19 +36,6 @@ from jaxue import train
 DEFAULT_ETAS = "0.25,0.5,1,2,4,8"
 
 
-def etas_arg(text: str) -> tuple[float, ...]:
-  """Parses a comma-separated list of radii η >= 0 (finite)."""
-  try:
-    etas = tuple(float(t) for t in text.split(","))
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"etas must be comma-separated numbers, got {text!r}") from e
-  if not etas or not all(np.isfinite(e) and e >= 0 for e in etas):
-    raise argparse.ArgumentTypeError(
-        f"etas must be finite numbers >= 0, got {text!r}")
-  return etas
-
-
 def fraction_arg(text: str) -> float:
   value = common.parse_fraction(text)
   if not 0 < value <= 1:
@@ -63,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--checkpoint", type=pathlib.Path, required=True,
                  help="model checkpoint (jaxue.checkpoint.save_model) of θ0")
   p.add_argument("--out", type=pathlib.Path, required=True)
-  p.add_argument("--etas", type=etas_arg, default=etas_arg(DEFAULT_ETAS),
+  p.add_argument("--etas", type=common.etas_arg,
+                 default=common.etas_arg(DEFAULT_ETAS),
                  help=f"radii η (default {DEFAULT_ETAS})")
   p.add_argument("--fraction", type=fraction_arg, default=0.2,
                  help="stratified fraction of the clean training set the "

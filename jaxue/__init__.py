@@ -9,8 +9,10 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 * `jaxue.models`: the PUE small CNN and the CIFAR ResNet-18 as `Model`s.
 * `jaxue.train`: `TrainState`, `train_step`, `fit`, `evaluate`.
 * `jaxue.pgd`: projected gradient descent/ascent on inputs.
-* `jaxue.noise`: EM and PUE crafting, random noise, error-maximizing noise,
-  `release`, partial protection.
+* `jaxue.noise`: EM crafting (the min-min loop), random noise,
+  error-maximizing noise, `release`, partial protection.
+* `jaxue.pue`: provably unlearnable examples (Wang et al., NDSS 2025): EM
+  against randomly perturbed weights.
 * `jaxue.rem`: robust error-minimizing noise (Fu et al., ICLR 2022).
 * `jaxue.baselines`: the model-free baselines: One-Pixel Shortcut (OPS),
   autoregressive (AR) and linearly separable patch (LSP) perturbations.
@@ -29,6 +31,7 @@ from jaxue import defences
 from jaxue import models
 from jaxue import noise
 from jaxue import pgd
+from jaxue import pue
 from jaxue import recover
 from jaxue import rem
 from jaxue import train
@@ -39,9 +42,9 @@ from jaxue.certify import sample_accuracies
 from jaxue.data import load
 from jaxue.models import make_model
 from jaxue.noise import error_minimizing_noise
-from jaxue.noise import provably_unlearnable_noise
 from jaxue.noise import random_noise
 from jaxue.noise import release
+from jaxue.pue import provably_unlearnable_noise
 from jaxue.recover import recover as recover_weights
 from jaxue.recover import recovery_curve
 from jaxue.train import create_train_state

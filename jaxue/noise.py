@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxue import certify
 from jaxue import data as data_lib
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
@@ -96,8 +95,8 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
   data_lib.check_dataset(images, labels)
   if noise.ndim != 4 or noise.shape[1:] != images.shape[1:]:
     raise ValueError(
-        f"noise must have shape (N or num_classes, {', '.join(map(str, images.shape[1:]))}), "
-        f"got {noise.shape}")
+        "noise must have shape (N or num_classes, "
+        f"{', '.join(map(str, images.shape[1:]))}), got {noise.shape}")
   if not np.issubdtype(noise.dtype, np.floating):
     raise ValueError(f"noise must be a float array, got {noise.dtype}")
   if not np.all(np.isfinite(noise)):
@@ -397,7 +396,7 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     noise_loss: the loss descended by the default noise step.
     robust_surrogate_step: if given (with ``robust_noise_step``), replaces
       both steps once a round's noisy accuracy exceeds ``robust_after``
-      (PUE).
+      (PUE: `jaxue.pue.pue_steps`).
     robust_noise_step: see ``robust_surrogate_step``.
     robust_after: the accuracy that switches the robust steps on.
     noise: resume from this noise (zeros when None).
@@ -490,195 +489,6 @@ def error_minimizing_noise(key: jax.Array, state: TrainState,
   cfg = EMConfig(mode=mode, epsilon=epsilon, **config_fields)
   return craft(key, state, images, labels, cfg, num_classes=num_classes,
                **kwargs)
-
-
-# ---------------------------------------------------------------------------
-# PUE: error-minimizing noise against randomly perturbed weights.
-# ---------------------------------------------------------------------------
-
-
-class PUEConfig(NamedTuple):
-  """Robust-step hyperparameters of PUE crafting (Wang et al., NDSS 2025,
-  Sec. 5, "Crafting PUEs"; defaults from the reference code).
-
-  Attributes:
-    sigma: sigma_train, the largest weight-noise level; match the sigma you
-      will certify at.
-    sigma_step: Delta between levels: levels are j * Delta, j = 0..T-1,
-      T = floor(sigma / Delta) + 1.
-    surrogate_draws: weight draws averaged per level in a surrogate step.
-    noise_draws: u_p, weight draws summed per level in a noise step.
-    robust_after: switch the robust steps on once the surrogate's accuracy
-      on the noisy data exceeds this.
-    draw_chunk: draws evaluated at once (`lax.map` batch size); None for all
-      at once (a full vmap).
-  """
-
-  sigma: float = 0.25
-  sigma_step: float = 0.05
-  surrogate_draws: int = 100
-  noise_draws: int = 10
-  robust_after: float = 0.5
-  draw_chunk: int | None = None
-
-  def levels(self) -> tuple[float, ...]:
-    if self.sigma <= 0 or self.sigma_step <= 0:
-      raise ValueError(f"sigma and sigma_step must be > 0, got {self.sigma} "
-                       f"and {self.sigma_step}")
-    count = int(np.floor(self.sigma / self.sigma_step + 1e-9)) + 1
-    return tuple(j * self.sigma_step for j in range(count))
-
-  def check(self) -> PUEConfig:
-    self.levels()
-    for name in ("surrogate_draws", "noise_draws"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.draw_chunk is not None and self.draw_chunk < 1:
-      raise ValueError(f"draw_chunk must be >= 1, got {self.draw_chunk}")
-    return self
-
-
-def _map_draws(fn, key, params, sigma, draws, chunk):
-  """``fn(params + sigma xi_d)`` for the weight draws xi_d, d < ``draws``, of
-  ``key``: a vmap of ``chunk`` draws at a time.
-
-  xi_d is the certifier's draw for ``split(key, draws)[d]`` (so "robust to
-  the noise we certify with" means exactly that; sigma may be traced, and
-  level 0 adds exact zeros). All the perturbed parameters are made before
-  the loop over draws and enter it as its input: made inside it, XLA:CPU
-  fuses their making (the sampler, or a slice of a precomputed draw) into
-  each batch-norm op that broadcasts a perturbed scale or bias, redoing it
-  for every activation (1.6x the time of the small CNN's PUE surrogate
-  step). The price is memory: ``draws`` copies of the parameters (10 draws
-  of ResNet-18's 11M float32 parameters: 450 MB).
-  """
-  keys = jax.random.split(key, draws)
-  noisy = jax.vmap(lambda k: certify.perturb_params(k, params, sigma))(keys)
-  # A vmap of one adds batch dimensions XLA:CPU runs slower.
-  chunk = chunk or draws
-  return jax.lax.map(fn, noisy, batch_size=None if chunk == 1 else chunk)
-
-
-def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
-                                                          jax.Array],
-                          key: jax.Array, *, pue: PUEConfig
-                          ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """PUE's surrogate step: one optimizer step per noise level sigma_j, each
-  on the mean gradient of CE(f_{theta + sigma_j xi}(x), y) over
-  ``surrogate_draws`` weight draws (train mode).
-
-  The gradient with respect to theta of a loss at theta + sigma xi is the
-  gradient at the perturbed point, so each draw is one ordinary backward
-  pass; the new batch-norm statistics are averaged over draws.
-  """
-  x, y = batch
-  x = train_lib.as_float(x)
-
-  def level_step(state, level):
-    j, sigma = level
-
-    def loss(noisy_params):
-      # This level's running statistics: each level's update builds on the
-      # last one's.
-      logits, stats = state.apply_fn(
-          {"params": noisy_params, "batch_stats": state.batch_stats}, x,
-          True)
-      return train_lib.cross_entropy(logits, y), stats
-
-    # d loss(theta + sigma xi) / d theta is the gradient at the perturbed
-    # point.
-    (losses, stats), grads = _map_draws(
-        jax.value_and_grad(loss, has_aux=True), jax.random.fold_in(key, j),
-        state.params, sigma, pue.surrogate_draws, pue.draw_chunk)
-    mean = functools.partial(jnp.mean, axis=0)
-    state = train_lib.apply_gradients(state, jax.tree.map(mean, grads),
-                                      jax.tree.map(mean, stats))
-    return state, losses.mean()
-
-  # A scan over the levels (sigma traced) compiles the step once, not T
-  # times; at sigma = 0 the draws add exact zeros.
-  levels = jnp.asarray(pue.levels(), jnp.float32)
-  state, losses = jax.lax.scan(
-      level_step, state, (jnp.arange(levels.shape[0]), levels))
-  return state, {"loss": losses.mean(), "accuracy": jnp.zeros(())}
-
-
-def robust_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
-                      delta: jax.Array, key: jax.Array, *, cfg: EMConfig,
-                      pue: PUEConfig) -> jax.Array:
-  """PUE's noise step: for each of K PGD steps and each level sigma_j, the
-  input gradients of CE(f_{theta + sigma_j xi}(x + delta), y) summed over
-  ``noise_draws`` weight draws (eval mode) give one signed descent step,
-  followed by the projection."""
-  levels = jnp.asarray(pue.levels(), jnp.float32)
-  num_levels = levels.shape[0]
-  delta = pgd_lib.project(delta, x, epsilon=cfg.epsilon)
-
-  def input_grad(inputs, params):
-    def loss(inputs):
-      logits, _ = state.apply_fn(
-          {"params": params, "batch_stats": state.batch_stats}, inputs,
-          False)
-      return train_lib.cross_entropy(logits, y) * inputs.shape[0]
-
-    return jax.grad(loss)(inputs)
-
-  def body(i, delta):
-    grads = _map_draws(
-        functools.partial(input_grad, x + delta), jax.random.fold_in(key, i),
-        state.params, levels[i % num_levels], pue.noise_draws,
-        pue.draw_chunk)
-    stepped = delta - cfg.step_size * jnp.sign(grads.sum(0))
-    return pgd_lib.project(stepped, x, epsilon=cfg.epsilon)
-
-  return jax.lax.fori_loop(0, cfg.pgd_steps * num_levels, body, delta)
-
-
-def provably_unlearnable_noise(key: jax.Array, state: TrainState,
-                               images: np.ndarray, labels: np.ndarray, *,
-                               num_classes: int, mode: str = "classwise",
-                               epsilon: float = 8 / 255,
-                               pue: PUEConfig = PUEConfig(),
-                               **kwargs: Any) -> CraftResult:
-  """Provably unlearnable examples (Wang et al., NDSS 2025, Sec. 5).
-
-  EM crafting in which, once the surrogate's accuracy on the noisy data
-  exceeds ``pue.robust_after``, both players face randomly perturbed
-  weights (`robust_surrogate_step`, `robust_noise_step`), so the noise stays
-  effective for every classifier near the surrogate. Class-wise with
-  stop_error 0.1 is the published recipe. The returned surrogate is what
-  `jaxue.certify` certifies.
-
-  Args:
-    key: randomness.
-    state: the surrogate's initial state.
-    images: uint8 NHWC clean training images.
-    labels: int labels.
-    num_classes: number of classes.
-    mode: ``"classwise"`` (published) or ``"samplewise"``.
-    epsilon: L-inf budget.
-    pue: the robust steps' hyperparameters.
-    **kwargs: `EMConfig` fields and `craft` options.
-
-  Returns:
-    A `CraftResult`.
-  """
-  config_fields = {k: kwargs.pop(k) for k in list(kwargs)
-                   if k in EMConfig._fields}
-  cfg = EMConfig(mode=mode, epsilon=epsilon, **config_fields)
-  return craft(key, state, images, labels, cfg, num_classes=num_classes,
-               **pue_steps(cfg, pue), **kwargs)
-
-
-def pue_steps(cfg: EMConfig, pue: PUEConfig) -> dict[str, Any]:
-  """The `craft` keyword arguments that turn EM crafting into PUE's."""
-  pue.check()
-  cfg = cfg.resolved()
-  return {"robust_surrogate_step": functools.partial(robust_surrogate_step,
-                                                     pue=pue),
-          "robust_noise_step": functools.partial(robust_noise_step, cfg=cfg,
-                                                 pue=pue),
-          "robust_after": pue.robust_after}
 
 
 # ---------------------------------------------------------------------------

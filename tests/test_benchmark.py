@@ -11,7 +11,7 @@ import pytest
 from experiments import benchmark
 from jaxue import certify
 from jaxue import models
-from jaxue import noise
+from jaxue import pue as pue_lib
 from jaxue import train
 
 WIDTHS = (4, 8, 8)
@@ -54,7 +54,7 @@ def test_conv_impls_give_the_lax_sgd_update(impl):
 
 
 def _plain_pue_step(state, batch, key, pue):
-  """`noise.robust_surrogate_step` as Python loops over levels and draws."""
+  """`pue_lib.robust_surrogate_step` as Python loops over levels and draws."""
   x, y = batch[0].astype(jnp.float32) / 255, batch[1]
 
   @jax.jit
@@ -85,11 +85,11 @@ def test_pue_draw_chunks_give_the_plain_step():
   images, labels = _batch(16)
   batch = (jnp.asarray(images), jnp.asarray(labels))
   key = jax.random.key(2)
-  pue = noise.PUEConfig(surrogate_draws=3)
+  pue = pue_lib.PUEConfig(surrogate_draws=3)
   plain = _plain_pue_step(_state("auto"), batch, key, pue)
   for chunk in (1, 2, None):
     state, _ = jax.jit(lambda s, b, k, pue=pue._replace(draw_chunk=chunk):
-                       noise.robust_surrogate_step(s, b, k, pue=pue))(
+                       pue_lib.robust_surrogate_step(s, b, k, pue=pue))(
                            _state("auto"), batch, key)
     _assert_trees_close(state.params, plain.params)
     _assert_trees_close(state.batch_stats, plain.batch_stats)

@@ -8,10 +8,12 @@ import pytest
 from jaxue import certify
 from jaxue import models
 from jaxue import noise
+from jaxue import pgd
+from jaxue import pue as pue_lib
 from jaxue import train
 
 SIGMA = 0.1
-PUE = noise.PUEConfig(sigma=SIGMA, sigma_step=0.1, surrogate_draws=3,
+PUE = pue_lib.PUEConfig(sigma=SIGMA, sigma_step=0.1, surrogate_draws=3,
                       noise_draws=3)
 
 
@@ -44,12 +46,12 @@ def _expected_loss(model, variables, x, y, sigma=SIGMA, draws=64):
 
 
 def test_levels():
-  assert noise.PUEConfig().levels() == pytest.approx(
+  assert pue_lib.PUEConfig().levels() == pytest.approx(
       (0.0, 0.05, 0.1, 0.15, 0.2, 0.25))
   with pytest.raises(ValueError, match="sigma"):
-    noise.PUEConfig(sigma=0).levels()
+    pue_lib.PUEConfig(sigma=0).levels()
   with pytest.raises(ValueError, match="surrogate_draws"):
-    noise.PUEConfig(surrogate_draws=0).check()
+    pue_lib.PUEConfig(surrogate_draws=0).check()
 
 
 def test_robust_surrogate_step_lowers_expected_loss(model):
@@ -57,7 +59,7 @@ def test_robust_surrogate_step_lowers_expected_loss(model):
   x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
   state = train.create_train_state(jax.random.key(0), model, (8, 8, 1),
                                    train.make_optimizer(0.05))
-  step = jax.jit(lambda s, k: noise.robust_surrogate_step(s, (x, y), k,
+  step = jax.jit(lambda s, k: pue_lib.robust_surrogate_step(s, (x, y), k,
                                                           pue=PUE))
   before = _expected_loss(model, state.variables, x, y)
   for i in range(6):
@@ -76,7 +78,7 @@ def test_robust_noise_step_lowers_expected_loss(model):
     state, _ = jax.jit(train.train_step)(state, (x, y), jax.random.key(i))
   cfg = noise.EMConfig(mode="samplewise", epsilon=16 / 255,
                        pgd_steps=5).resolved()
-  delta = jax.jit(lambda k: noise.robust_noise_step(
+  delta = jax.jit(lambda k: pue_lib.robust_noise_step(
       state, x, y, jnp.zeros_like(x), k, cfg=cfg, pue=PUE))(
           jax.random.key(7))
   assert float(jnp.abs(delta).max()) <= 16 / 255 + 1e-6
@@ -90,7 +92,7 @@ def test_pue_crafting_switches_robust_steps_on(model):
   images, labels = _dataset(60)
   state = train.create_train_state(jax.random.key(0), model, (8, 8, 1),
                                    train.make_optimizer(0.1))
-  result = noise.provably_unlearnable_noise(
+  result = pue_lib.provably_unlearnable_noise(
       jax.random.key(1), state, images, labels, num_classes=3,
       mode="classwise", epsilon=32 / 255, pue=PUE._replace(robust_after=0.4),
       batch_size=20, max_rounds=4, progress=False)
@@ -103,3 +105,44 @@ def test_pue_crafting_switches_robust_steps_on(model):
     assert not any(robust[: first + 1])
   assert result.noise.shape == (3, 8, 8, 1)
   assert np.abs(result.noise).max() <= 32 / 255 + 1e-6
+
+
+def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
+  """`pue_lib.robust_noise_step` as Python loops: every level, level 0 too,
+  sums the input gradients of ``noise_draws`` weight draws."""
+
+  @jax.jit
+  def input_grad(inputs, draw_key, sigma):
+    def loss(inputs):
+      params = certify.perturb_params(draw_key, state.params, sigma)
+      logits, _ = state.apply_fn(
+          {"params": params, "batch_stats": state.batch_stats}, inputs,
+          False)
+      return train.cross_entropy(logits, y) * inputs.shape[0]
+    return jax.grad(loss)(inputs)
+
+  levels = pue.levels()
+  delta = pgd.project(delta, x, epsilon=cfg.epsilon)
+  for i in range(cfg.pgd_steps * len(levels)):
+    sigma = jnp.float32(levels[i % len(levels)])  # Traced: 0 is allowed.
+    keys = jax.random.split(jax.random.fold_in(key, i), pue.noise_draws)
+    grad = sum(input_grad(x + delta, k, sigma) for k in keys)
+    delta = delta - cfg.step_size * jnp.sign(grad)
+    delta = pgd.project(delta, x, epsilon=cfg.epsilon)
+  return delta
+
+
+def test_robust_noise_step_is_the_plain_loop(model):
+  images, labels = _dataset(12)
+  x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
+  state = train.create_train_state(jax.random.key(0), model, (8, 8, 1),
+                                   train.make_optimizer(0.05))
+  cfg = noise.EMConfig(mode="samplewise", epsilon=16 / 255,
+                       pgd_steps=2).resolved()
+  pue = pue_lib.PUEConfig(sigma=0.2, sigma_step=0.1, noise_draws=3)
+  key = jax.random.key(5)
+  delta = jax.jit(lambda d: pue_lib.robust_noise_step(
+      state, x, y, d, key, cfg=cfg, pue=pue))(jnp.zeros_like(x))
+  plain = _plain_robust_noise_step(state, x, y, jnp.zeros_like(x), key, cfg,
+                                   pue)
+  np.testing.assert_allclose(np.asarray(delta), np.asarray(plain), atol=1e-6)
