@@ -90,8 +90,8 @@ def craft_pue(key, model, shape, x_train, y_train, num_classes, args):
   cfg = noise_lib.EMConfig(mode="classwise", epsilon=args.epsilon,
                            max_rounds=args.max_rounds)
   pue = pue_lib.PUEConfig(sigma=args.sigma, sigma_step=args.sigma / 5,
-                            surrogate_draws=args.pue_draws,
-                            noise_draws=max(1, args.pue_draws // 2))
+                          surrogate_draws=args.pue_draws,
+                          noise_draws=max(1, args.pue_draws // 2))
   surrogate = train.create_train_state(jax.random.fold_in(key, 0), model,
                                        shape, train.make_optimizer(0.1))
   return noise_lib.craft(jax.random.fold_in(key, 1), surrogate, x_train,

@@ -54,7 +54,7 @@ def test_conv_impls_give_the_lax_sgd_update(impl):
 
 
 def _plain_pue_step(state, batch, key, pue):
-  """`pue_lib.robust_surrogate_step` as Python loops over levels and draws."""
+  """`jaxue.pue.robust_surrogate_step` as Python loops over levels and draws."""
   x, y = batch[0].astype(jnp.float32) / 255, batch[1]
 
   @jax.jit

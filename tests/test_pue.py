@@ -59,8 +59,8 @@ def test_robust_surrogate_step_lowers_expected_loss(model):
   x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
   state = train.create_train_state(jax.random.key(0), model, (8, 8, 1),
                                    train.make_optimizer(0.05))
-  step = jax.jit(lambda s, k: pue_lib.robust_surrogate_step(s, (x, y), k,
-                                                          pue=PUE))
+  step = jax.jit(lambda s, k: pue_lib.robust_surrogate_step(
+      s, (x, y), k, pue=PUE))
   before = _expected_loss(model, state.variables, x, y)
   for i in range(6):
     state, _ = step(state, jax.random.key(i))
@@ -108,7 +108,7 @@ def test_pue_crafting_switches_robust_steps_on(model):
 
 
 def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
-  """`pue_lib.robust_noise_step` as Python loops: every level, level 0 too,
+  """`jaxue.pue.robust_noise_step` as Python loops: every level, level 0 too,
   sums the input gradients of ``noise_draws`` weight draws."""
 
   @jax.jit
