@@ -1,5 +1,6 @@
 """End-to-end smoke runs of the experiment scripts and their CLI errors."""
 
+import argparse
 import json
 import pathlib
 
@@ -7,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import common
 from experiments import craft
 from experiments import evaluate
 from experiments import quickstart
@@ -239,3 +241,22 @@ def test_craft_model_free_ops_lsp_and_ar(tmp_path, capsys):
       craft.main(["--out", str(tmp_path / "bad")] + argv + common_args)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0.5,2", (0.5, 2.0)), ("1e-3, 4", (0.001, 4.0)), ("", ()), ("1,", (1.0,)),
+])
+def test_float_list_parses(text, expected):
+  assert common.float_list(text) == expected
+
+
+@pytest.mark.parametrize("parse,text,message", [
+    ("float_list", "0.5,x", "not a comma-separated list of numbers"),
+    ("float_list", "1,nan", "must be finite"),
+    ("etas_arg", "1,inf", "must be finite"),
+    ("etas_arg", "1,-2", "etas must be finite numbers >= 0"),
+    ("etas_arg", "", "etas must be finite numbers >= 0"),
+])
+def test_number_lists_reject_bad_input(parse, text, message):
+  with pytest.raises(argparse.ArgumentTypeError, match=message):
+    getattr(common, parse)(text)
