@@ -660,7 +660,7 @@ def bench_pue(ctx: dict[str, Any]) -> dict[str, Any]:
   y = jnp.asarray(labels)
   per_chunk = {}
   for chunk in dict.fromkeys(sizes.pue_chunks):
-    draw_chunk = None if chunk == "all" else min(int(chunk), draws)
+    draw_chunk = draws if chunk == "all" else min(int(chunk), draws)
     pue = PUE._replace(surrogate_draws=draws, draw_chunk=draw_chunk).check()
     step = jax.jit(functools.partial(pue_lib.robust_surrogate_step,
                                      pue=pue), donate_argnums=(0,))

@@ -87,7 +87,8 @@ def test_pue_draw_chunks_give_the_plain_step():
   key = jax.random.key(2)
   pue = pue_lib.PUEConfig(surrogate_draws=3)
   plain = _plain_pue_step(_state("auto"), batch, key, pue)
-  for chunk in (1, 2, None):
+  # None: the backend's default (1 on CPU); 3: all draws in one vmap.
+  for chunk in (1, 2, 3, None):
     state, _ = jax.jit(lambda s, b, k, pue=pue._replace(draw_chunk=chunk):
                        pue_lib.robust_surrogate_step(s, b, k, pue=pue))(
                            _state("auto"), batch, key)

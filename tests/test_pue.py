@@ -54,6 +54,12 @@ def test_levels():
     pue_lib.PUEConfig(surrogate_draws=0).check()
 
 
+def test_default_draw_chunk_per_backend():
+  assert pue_lib.default_draw_chunk(10, "cpu") == 1
+  assert pue_lib.default_draw_chunk(10, "gpu") == 10
+  assert pue_lib.default_draw_chunk(100, "tpu") == 100
+
+
 def test_robust_surrogate_step_lowers_expected_loss(model):
   images, labels = _dataset()
   x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
