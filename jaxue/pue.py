@@ -102,8 +102,9 @@ def _map_draws(fn, key, params, sigma, draws, chunk):
   as its input: made inside it, XLA:CPU fuses their making (the sampler, or
   a slice of a precomputed draw) into each batch-norm op that broadcasts a
   perturbed scale or bias, redoing it for every activation (1.6x the time of
-  the small CNN's PUE surrogate step). The price is memory: ``draws`` copies of the parameters (10 draws
-  of ResNet-18's 11M float32 parameters: 450 MB).
+  the small CNN's PUE surrogate step). The price is memory: ``draws`` copies
+  of the parameters (10 draws of ResNet-18's 11M float32 parameters:
+  450 MB).
   """
   keys = jax.random.split(key, draws)
   noisy = jax.vmap(lambda k: certify.perturb_params(k, params, sigma))(keys)
