@@ -101,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="weight draws per level and noise step (default 10)")
   pue.add_argument("--draw-chunk", type=common.positive_int, default=None,
                    help="draws vmapped at once (default: 1 on CPU, "
-                   "all on GPU/TPU)")
+                   "up to 16 on GPU/TPU)")
   add_rem_arguments(p)
   em = p.add_argument_group("error-max (--method error-max[-targeted])")
   em.add_argument("--clean-epochs", type=common.positive_int, default=10,

@@ -77,7 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--noise-draws", type=common.positive_int, default=10)
   p.add_argument("--draw-chunk", type=common.positive_int, default=None,
                  help="PUE weight draws vmapped at once (default: 1 on CPU, "
-                 "all on GPU/TPU)")
+                 "up to 16 on GPU/TPU)")
   p.add_argument("--recovery-etas", type=common.etas_arg,
                  default=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0))
   p.add_argument("--recovery-fraction", type=float, default=0.2)

@@ -47,7 +47,7 @@ class PUEConfig(NamedTuple):
     robust_after: switch the robust steps on once the surrogate's accuracy
       on the noisy data exceeds this.
     draw_chunk: draws evaluated at once (`lax.map` batch size); None for
-      `default_draw_chunk` (1 on CPU, all of a level's draws elsewhere).
+      `default_draw_chunk` (1 on CPU, up to 16 on GPU/TPU).
   """
 
   sigma: float = 0.25
@@ -75,21 +75,23 @@ class PUEConfig(NamedTuple):
 
 
 def default_draw_chunk(draws: int, backend: str | None = None) -> int:
-  """Weight draws vmapped at once when `PUEConfig.draw_chunk` is None: 1 on
-  CPU, all ``draws`` on GPU/TPU.
+  """Weight draws vmapped at once when `PUEConfig.draw_chunk` is None: the
+  certifier's chunk (`certify.default_chunk_size`: 1 on CPU, 16 on GPU/TPU),
+  at most ``draws``.
 
   On XLA:CPU (2 cores, small CNN 16/32/64, batch 128, 6 levels) a surrogate
   step took 0.33 / 0.74 / 1.06 s with 2 / 5 / 10 draws per level one draw at
   a time, against 1.57 / 3.38 / 6.48 s with all of them in one vmap (a vmap
   of convolutions with per-draw weights becomes a grouped convolution, slow
-  on XLA:CPU; certification measured the same, `certify.default_chunk_size`).
+  on XLA:CPU). On accelerators a chunk of 16 filled an H100 in certification;
+  all 100 published draws at once would also hold 100 copies of every
+  activation for the backward pass (too many for ResNet-18 at batch 128).
 
   Args:
     draws: weight draws per level.
     backend: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
   """
-  backend = jax.default_backend() if backend is None else backend
-  return 1 if backend.lower() == "cpu" else draws
+  return min(draws, certify.default_chunk_size(backend))
 
 
 def _map_draws(fn, key, params, sigma, draws, chunk):

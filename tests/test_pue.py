@@ -57,7 +57,7 @@ def test_levels():
 def test_default_draw_chunk_per_backend():
   assert pue_lib.default_draw_chunk(10, "cpu") == 1
   assert pue_lib.default_draw_chunk(10, "gpu") == 10
-  assert pue_lib.default_draw_chunk(100, "tpu") == 100
+  assert pue_lib.default_draw_chunk(100, "tpu") == 16
 
 
 def test_robust_surrogate_step_lowers_expected_loss(model):
