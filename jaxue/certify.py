@@ -110,6 +110,12 @@ def perturb_params(key: jax.Array, params: Any,
   return jax.tree.unflatten(treedef, noisy)
 
 
+def _on_cpu(backend: str | None) -> bool:
+  """Whether ``backend`` (default `jax.default_backend()`) is the CPU."""
+  return (jax.default_backend() if backend is None else backend).lower() == (
+      "cpu")
+
+
 def default_chunk_size(backend: str | None = None) -> int:
   """Draws vmapped together per device: 1 on CPU, 16 on GPU/TPU.
 
@@ -122,8 +128,7 @@ def default_chunk_size(backend: str | None = None) -> int:
     backend: "cpu", "gpu", "cuda", "rocm", "tpu", ...; default
       `jax.default_backend()`.
   """
-  backend = jax.default_backend() if backend is None else backend
-  return 1 if backend.lower() == "cpu" else 16
+  return 1 if _on_cpu(backend) else 16
 
 
 def default_batch_size(backend: str | None = None) -> int:
@@ -137,8 +142,7 @@ def default_batch_size(backend: str | None = None) -> int:
   Args:
     backend: as in `default_chunk_size`.
   """
-  backend = jax.default_backend() if backend is None else backend
-  return 100 if backend.lower() == "cpu" else 1000
+  return 100 if _on_cpu(backend) else 1000
 
 
 def _round_up(x: int, m: int) -> int:

@@ -110,7 +110,7 @@ def _map_draws(fn, key, params, sigma, draws, chunk):
   """
   keys = jax.random.split(key, draws)
   noisy = jax.vmap(lambda k: certify.perturb_params(k, params, sigma))(keys)
-  chunk = min(chunk or default_draw_chunk(draws), draws)
+  chunk = min(chunk, draws) if chunk else default_draw_chunk(draws)
   # A vmap of one adds batch dimensions XLA:CPU runs slower.
   return jax.lax.map(fn, noisy, batch_size=None if chunk == 1 else chunk)
 
