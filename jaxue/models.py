@@ -50,6 +50,13 @@ class Model(NamedTuple):
 
 CONV_IMPLS = ("auto", "hybrid", "im2col", "lax")
 
+# Inputs with at most this many channels (a grayscale or RGB first layer)
+# take the im2col form in the hybrid impl, forward and input gradient: on
+# XLA:CPU the convolution of a 1-channel 28x28 batch ran at under 10
+# GFLOP/s, 1.3-1.7x slower than its im2col matrix product (and 3x for the
+# input gradient), while from 8 channels up XLA's convolution is as fast.
+_FEW_CHANNELS = 4
+
 
 def _conv_lax(x, kernel, strides, padding):
   return jax.lax.conv_general_dilated(
@@ -150,32 +157,38 @@ def _conv_input_grad(grad, x, kernel, strides, padding):
 
   At stride 1 this is XLA's *forward* convolution of the gradient with the
   flipped, transposed kernel (fast on XLA:CPU, also inside loops; under a
-  vmap over kernels, im2col's transpose); strided convolutions transpose
-  the im2col form.
+  vmap over kernels, im2col's transpose); strided convolutions and inputs
+  of at most `_FEW_CHANNELS` channels transpose the im2col form.
   """
-  kh, kw, _, _ = kernel.shape
-  if strides == 1 and padding <= min(kh, kw) - 1:
+  kh, kw, cin, _ = kernel.shape
+  if strides == 1 and padding <= min(kh, kw) - 1 and cin > _FEW_CHANNELS:
     return _input_grad_stride1(padding)(grad, kernel)
   return _transposed_conv_im2col(grad, kernel, strides, padding, x.shape)
 
 
+def _conv_forward(x, kernel, strides, padding):
+  if x.shape[-1] <= _FEW_CHANNELS:
+    return _conv_im2col(x, kernel, strides, padding)
+  return _conv_lax(x, kernel, strides, padding)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_hybrid(x, kernel, strides, padding):
-  return _conv_lax(x, kernel, strides, padding)
+  return _conv_forward(x, kernel, strides, padding)
 
 
 def _conv_hybrid_fwd(x, kernel, strides, padding):
   # With symbolic zeros, `perturbed` tells which inputs are differentiated.
   # Weights differentiated (training): the forward pass is the im2col matrix
   # product, and the weight gradient reuses its patches. Inputs only (PGD on
-  # images): XLA's forward convolution.
+  # images): XLA's forward convolution, unless the input has few channels.
   x_perturbed, kernel_perturbed = x.perturbed, kernel.perturbed
   x, kernel = x.value, kernel.value
   if kernel_perturbed:
     patches = _patches(x, kernel.shape, strides, padding)
     out = _matmul_patches(patches, kernel)
   else:
-    patches, out = None, _conv_lax(x, kernel, strides, padding)
+    patches, out = None, _conv_forward(x, kernel, strides, padding)
   return out, (x if x_perturbed else None, kernel, patches)
 
 
@@ -209,13 +222,16 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int = 1,
     (training), an im2col forward pass whose patches give the weight gradient
     as one matrix product. The input gradient is XLA's forward convolution of
     the output gradient with the flipped kernel (stride 1) or im2col's
-    transpose (strided).
+    transpose (strided). Inputs of at most 4 channels (grayscale or RGB
+    images entering the first layer) always take the im2col form.
   * ``"auto"``: ``"hybrid"`` on the CPU, ``"lax"`` (cuDNN) elsewhere.
 
   Why: on XLA:CPU the convolution's gradients run 10-60x slower inside
   `lax.scan`/`fori_loop` bodies -- where jaxue runs all training -- than
   outside them, while matrix products do not slow down; XLA's forward
-  convolution stays the fastest forward pass. All impls compute the same
+  convolution stays the fastest forward pass except on few input channels,
+  where it ran at under 10 GFLOP/s (a 1-channel 28x28 batch) and the
+  im2col product is 1.3-1.7x faster. All impls compute the same
   function and gradients to float32 rounding (tested).
   """
   if impl == "auto":
@@ -247,17 +263,45 @@ class Conv(nn.Module):
                   impl=self.impl)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max pooling with stride 2 (floor mode), written as a reshape.
-
-  Numerically identical to ``nn.max_pool(x, (2, 2), (2, 2))`` but its
-  gradient is a cheap select instead of XLA's generic select-and-scatter,
-  which DESIGN.md measured as faster for SGD steps on XLA:CPU.
-  """
+def _reshape_max_pool(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   x = x[:, : h // 2 * 2, : w // 2 * 2, :]
   x = x.reshape(n, h // 2, 2, w // 2, 2, c)
   return x.max(axis=(2, 4))
+
+
+def _window_max_pool(x: jax.Array) -> jax.Array:
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1),
+                               (1, 2, 2, 1), "VALID")
+
+
+@jax.custom_jvp
+def _odd_max_pool(x: jax.Array) -> jax.Array:
+  return _window_max_pool(x)
+
+
+@_odd_max_pool.defjvp
+def _odd_max_pool_jvp(primals, tangents):
+  # Differentiated, it is the reshape-max, forward pass and gradient alike.
+  return jax.jvp(_reshape_max_pool, primals, tangents)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 (floor mode).
+
+  Numerically identical to ``nn.max_pool(x, (2, 2), (2, 2))``; the gradient
+  is always that of a reshape and a max (a cheap select, where ties share
+  the gradient) instead of XLA's generic select-and-scatter, which
+  DESIGN.md measured as faster for SGD steps on XLA:CPU. The forward pass
+  is the reshape when the height and width are even or when the pooling is
+  differentiated; a forward-only pass of an odd map (7x7 maps of 28x28
+  inputs: evaluation, certification) is XLA's window reduction, because
+  the reshape of the cropped map cost 1.1-1.5x the convolution before it
+  on XLA:CPU.
+  """
+  if x.shape[1] % 2 or x.shape[2] % 2:
+    return _odd_max_pool(x)
+  return _reshape_max_pool(x)
 
 
 class SmallCNN(nn.Module):

@@ -49,10 +49,12 @@ def test_published_widths_and_param_count():
 @pytest.mark.parametrize("impl", ["im2col", "hybrid"])
 @pytest.mark.parametrize("strides,padding,kernel", [(1, 1, 3), (2, 1, 3),
                                                    (2, 0, 1)])
-def test_conv_impls_match_lax(impl, strides, padding, kernel):
+# "hybrid" takes the im2col form for inputs of few (1) channels.
+@pytest.mark.parametrize("channels", [1, 5])
+def test_conv_impls_match_lax(impl, strides, padding, kernel, channels):
   kx, kk, kg = jax.random.split(jax.random.key(1), 3)
-  x = jax.random.normal(kx, (4, 9, 9, 5))
-  w = jax.random.normal(kk, (kernel, kernel, 5, 7))
+  x = jax.random.normal(kx, (4, 9, 9, channels))
+  w = jax.random.normal(kk, (kernel, kernel, channels, 7))
 
   def f(x, w, impl):
     return models.conv2d(x, w, strides=strides, padding=padding, impl=impl)
@@ -105,11 +107,36 @@ def test_hybrid_input_gradient_under_vmap(axes):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_max_pool_matches_flax():
+@pytest.mark.parametrize("size", [6, 7])
+def test_max_pool_matches_flax(size):
   import flax.linen as nn
-  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 3))
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   np.testing.assert_array_equal(models.max_pool_2x2(x),
                                 nn.max_pool(x, (2, 2), (2, 2)))
+
+
+@pytest.mark.parametrize("size", [6, 7])
+def test_max_pool_gradient_is_the_reshape_max_gradient(size):
+  # Odd maps pool forward with a window reduction, but every gradient is
+  # that of the reshape-max (ties share it), also under vmap.
+  x = jax.random.normal(jax.random.key(0), (3, 2, size, size, 4))
+  x = x.at[:, :, :2, :2].set(0.5)  # A tie in each first window.
+  g = jax.random.normal(jax.random.key(1), (3, 2, size // 2, size // 2, 4))
+
+  def reshape_max(x):
+    n, h, w, c = x.shape
+    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(
+        n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+  def grad(pool):
+    return jax.vmap(lambda x, g: jax.vjp(pool, x)[1](g)[0])(x, g)
+
+  want = grad(reshape_max)
+  got = jax.jit(lambda: grad(models.max_pool_2x2))()
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(want[:, :, :2, :2],
+                             np.broadcast_to(g[:, :, :1, :1] / 4,
+                                             want[:, :, :2, :2].shape))
 
 
 def test_bad_arguments():
