@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import benchmark
-from jaxue import certify
 from jaxue import models
-from jaxue import pue as pue_lib
 from jaxue import train
 
 WIDTHS = (4, 8, 8)
@@ -51,49 +49,6 @@ def test_conv_impls_give_the_lax_sgd_update(impl):
   _assert_trees_close(fast.params, ref.params)
   _assert_trees_close(fast.batch_stats, ref.batch_stats)
   _assert_trees_close(fast_metrics["loss"], ref_metrics["loss"])
-
-
-def _plain_pue_step(state, batch, key, pue):
-  """`jaxue.pue.robust_surrogate_step` as Python loops over levels and draws."""
-  x, y = batch[0].astype(jnp.float32) / 255, batch[1]
-
-  @jax.jit
-  def draw_grad(state, draw_key, sigma):
-    def loss(params):
-      noisy = certify.perturb_params(draw_key, params, sigma)
-      logits, stats = state.apply_fn(
-          {"params": noisy, "batch_stats": state.batch_stats}, x, True)
-      return train.cross_entropy(logits, y), stats
-    return jax.value_and_grad(loss, has_aux=True)(state.params)
-
-  for j, sigma in enumerate(pue.levels()):
-    keys = jax.random.split(jax.random.fold_in(key, j), pue.surrogate_draws)
-    # A traced sigma lets level 0 (sigma = 0) through perturb_params' check;
-    # it adds exact zeros, as in the jitted step.
-    draws = [draw_grad(state, k, jnp.float32(sigma)) for k in keys]
-    mean = lambda *leaves: jnp.mean(jnp.stack(leaves), axis=0)
-    grads = jax.tree.map(mean, *[g for _, g in draws])
-    stats = jax.tree.map(mean, *[s for (_, s), _ in draws])
-    state = train.apply_gradients(state, grads, stats)
-  return state
-
-
-def test_pue_draw_chunks_give_the_plain_step():
-  # Batch 16: at widths 4,8,8 with batch 8, XLA:CPU (jaxlib 0.10.2)
-  # miscompiled the single-draw gradient (then a vmap of one) unless
-  # XLA_FLAGS=--xla_cpu_use_fusion_emitters=false.
-  images, labels = _batch(16)
-  batch = (jnp.asarray(images), jnp.asarray(labels))
-  key = jax.random.key(2)
-  pue = pue_lib.PUEConfig(surrogate_draws=3)
-  plain = _plain_pue_step(_state("auto"), batch, key, pue)
-  # None: the backend's default (1 on CPU); 3: all draws in one vmap.
-  for chunk in (1, 2, 3, None):
-    state, _ = jax.jit(lambda s, b, k, pue=pue._replace(draw_chunk=chunk):
-                       pue_lib.robust_surrogate_step(s, b, k, pue=pue))(
-                           _state("auto"), batch, key)
-    _assert_trees_close(state.params, plain.params)
-    _assert_trees_close(state.batch_stats, plain.batch_stats)
 
 
 def _random_variables():

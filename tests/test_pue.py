@@ -113,6 +113,59 @@ def test_pue_crafting_switches_robust_steps_on(model):
   assert np.abs(result.noise).max() <= 32 / 255 + 1e-6
 
 
+def _fashion_state():
+  model = models.make_model("small_cnn", widths=(4, 8, 8))
+  return train.create_train_state(jax.random.key(0), model, (28, 28, 1),
+                                  train.make_optimizer(0.1))
+
+
+def _plain_pue_step(state, batch, key, pue):
+  """`jaxue.pue.robust_surrogate_step` as Python loops over levels and draws."""
+  x, y = batch[0].astype(jnp.float32) / 255, batch[1]
+
+  @jax.jit
+  def draw_grad(state, draw_key, sigma):
+    def loss(params):
+      noisy = certify.perturb_params(draw_key, params, sigma)
+      logits, stats = state.apply_fn(
+          {"params": noisy, "batch_stats": state.batch_stats}, x, True)
+      return train.cross_entropy(logits, y), stats
+    return jax.value_and_grad(loss, has_aux=True)(state.params)
+
+  for j, sigma in enumerate(pue.levels()):
+    keys = jax.random.split(jax.random.fold_in(key, j), pue.surrogate_draws)
+    # A traced sigma lets level 0 (sigma = 0) through perturb_params' check;
+    # it adds exact zeros, as in the jitted step.
+    draws = [draw_grad(state, k, jnp.float32(sigma)) for k in keys]
+    mean = lambda *leaves: jnp.mean(jnp.stack(leaves), axis=0)
+    grads = jax.tree.map(mean, *[g for _, g in draws])
+    stats = jax.tree.map(mean, *[s for (_, s), _ in draws])
+    state = train.apply_gradients(state, grads, stats)
+  return state
+
+
+def test_robust_surrogate_step_is_the_plain_loop():
+  # Batch 16: at widths 4,8,8 with batch 8, XLA:CPU (jaxlib 0.10.2)
+  # miscompiled the single-draw gradient (then a vmap of one) unless
+  # XLA_FLAGS=--xla_cpu_use_fusion_emitters=false.
+  rng = np.random.default_rng(0)
+  batch = (jnp.asarray(rng.integers(0, 256, (16, 28, 28, 1), np.uint8)),
+           jnp.asarray(rng.integers(0, 10, 16).astype(np.int32)))
+  key = jax.random.key(2)
+  pue = pue_lib.PUEConfig(surrogate_draws=3)
+  plain = _plain_pue_step(_fashion_state(), batch, key, pue)
+  # None: the backend's default (1 on CPU); 3: all draws in one vmap.
+  for chunk in (1, 2, 3, None):
+    state, _ = jax.jit(lambda s, b, k, pue=pue._replace(draw_chunk=chunk):
+                       pue_lib.robust_surrogate_step(s, b, k, pue=pue))(
+                           _fashion_state(), batch, key)
+    for a, b in ((state.params, plain.params),
+                 (state.batch_stats, plain.batch_stats)):
+      for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4,
+                                   atol=1e-5)
+
+
 def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
   """`jaxue.pue.robust_noise_step` as Python loops: every level, level 0 too,
   sums the input gradients of ``noise_draws`` weight draws."""
