@@ -117,7 +117,11 @@ def _check_results(path, with_torch):
       assert r["torch_s"] > 0 and r["ratio"] > 0, name
     else:
       assert r["torch_s"] is None and r["ratio"] is None, name
-  assert results["matmul_gflops"] > 0
+  assert results["matmul_gflops"] == max(results["matmul"]["gflops"],
+                                         results["matmul_end"]["gflops"]) > 0
+  for r in results["workloads"].values():
+    assert r["fraction_of_matmul"] == pytest.approx(
+        r["gflops"] / results["matmul_gflops"])
   assert isinstance(results["device"], str)
   assert [s["eta"] for s in results["certify_sizing"]] == list(
       benchmark.SIZING_ETAS)
