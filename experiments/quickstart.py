@@ -87,17 +87,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def craft_pue(key, model, shape, x_train, y_train, num_classes, args):
   """Class-wise PUE with CPU-sized draws, robust to ``args.sigma``."""
-  cfg = noise_lib.EMConfig(mode="classwise", epsilon=args.epsilon,
-                           max_rounds=args.max_rounds)
   pue = pue_lib.PUEConfig(sigma=args.sigma, sigma_step=args.sigma / 5,
                           surrogate_draws=args.pue_draws,
                           noise_draws=max(1, args.pue_draws // 2))
   surrogate = train.create_train_state(jax.random.fold_in(key, 0), model,
                                        shape, train.make_optimizer(0.1))
-  return noise_lib.craft(jax.random.fold_in(key, 1), surrogate, x_train,
-                         y_train, cfg, num_classes=num_classes,
-                         **pue_lib.pue_steps(cfg, pue),
-                         progress="craft pue-classwise")
+  return pue_lib.provably_unlearnable_noise(
+      jax.random.fold_in(key, 1), surrogate, x_train, y_train,
+      num_classes=num_classes, mode="classwise", epsilon=args.epsilon,
+      pue=pue, max_rounds=args.max_rounds, progress="craft pue-classwise")
 
 
 @common.cli
