@@ -109,6 +109,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  "(default 10)")
   p.add_argument("--clean-epochs", type=common.positive_int, default=10,
                  help="epochs of error-max's clean surrogate (default 10)")
+  p.add_argument("--surrogate-augment", action=argparse.BooleanOptionalAction,
+                 default=True,
+                 help="train error-max's clean surrogate with the standard "
+                 "augmentation (default: on; see experiments.craft)")
   p.add_argument("--error-max-steps", type=common.positive_int, default=20,
                  help="PGD steps of error-max noise (default 20, of "
                  "eps / 10)")
@@ -178,7 +182,9 @@ def craft_argv(args: argparse.Namespace, method: str, out: pathlib.Path
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
   elif method.startswith("error-max"):
     argv += ["--clean-epochs", str(args.clean_epochs),
-             "--pgd-steps", str(args.error_max_steps)]
+             "--pgd-steps", str(args.error_max_steps),
+             "--surrogate-augment" if args.surrogate_augment
+             else "--no-surrogate-augment"]
   return argv
 
 
@@ -342,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "pue": {"sigma": args.sigma, "surrogate_draws": args.surrogate_draws,
               "noise_draws": args.noise_draws},
       "error_max": {"clean_epochs": args.clean_epochs,
-                    "pgd_steps": args.error_max_steps},
+                    "pgd_steps": args.error_max_steps,
+                    "surrogate_augment": args.surrogate_augment},
       "wall_seconds": {"total_this_invocation":
                        round(time.perf_counter() - start, 1)},
       **common.metadata(args),

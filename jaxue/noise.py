@@ -518,7 +518,10 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
   ICLR 2021, Sec. 4.1, and Fu et al., ICLR 2022, Sec. 5.1).
 
   PGD against a *fully trained clean* surrogate (train it first, e.g. with
-  `jaxue.train.train_victim` on the clean data), frozen in eval mode:
+  `jaxue.train.train_victim` on the clean data and, as the reference trains
+  its models, ``augment=jaxue.data.default_augmentation(shape)``: on
+  Fashion-MNIST that surrogate's noise is markedly stronger, see
+  `experiments.craft`), frozen in eval mode:
 
   * untargeted: ascend ``CE(f(x + delta), y)``;
   * targeted: descend ``CE(f(x + delta), (y + 1) mod C)`` (the class

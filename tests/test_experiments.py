@@ -243,6 +243,38 @@ def test_craft_model_free_ops_lsp_and_ar(tmp_path, capsys):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag,augmented", [
+    ([], True), (["--no-surrogate-augment"], False)])
+def test_craft_error_max_surrogate_augmentation(tmp_path, monkeypatch, flag,
+                                                augmented):
+  """Error-max's clean surrogate trains with the dataset's standard
+  augmentation (as the reference's models do) unless told not to."""
+  data_dir = _fake_idx_dir(tmp_path / "data")
+  seen = []
+  real_train_victim = train.train_victim
+
+  def recording(*args, **kwargs):
+    seen.append(kwargs.get("augment"))
+    return real_train_victim(*args, **kwargs)
+
+  monkeypatch.setattr(craft.train, "train_victim", recording)
+  result = craft.main(
+      ["--out", str(tmp_path / "em"), "--method", "error-max", "--data-dir",
+       str(data_dir), "--train-size", "200", "--widths", "4,4,4",
+       "--clean-epochs", "1", "--pgd-steps", "2", "--epsilon", "16/255"]
+      + flag)
+  assert result["craft"]["surrogate_augment"] is augmented
+  assert len(seen) == 1
+  if augmented:
+    assert seen[0] is not None
+    assert seen[0].keywords == data.default_augmentation(
+        (28, 28, 1)).keywords
+  else:
+    assert seen[0] is None
+  noise = np.load(tmp_path / "em" / "noise.npz")["noise"]
+  assert np.abs(noise).max() <= 16 / 255 + 1e-6
+
+
 @pytest.mark.parametrize("text,expected", [
     ("0.5,2", (0.5, 2.0)), ("1e-3, 4", (0.001, 4.0)), ("", ()), ("1,", (1.0,)),
 ])
@@ -260,3 +292,31 @@ def test_float_list_parses(text, expected):
 def test_number_lists_reject_bad_input(parse, text, message):
   with pytest.raises(argparse.ArgumentTypeError, match=message):
     getattr(common, parse)(text)
+
+
+@pytest.mark.slow
+def test_error_max_surrogates_smoke_and_resume(tmp_path, monkeypatch):
+  from experiments import error_max_surrogates
+  data_dir = _fake_idx_dir(tmp_path / "data")
+  argv = ["--out", str(tmp_path / "e"), "--data-dir", str(data_dir),
+          "--train-size", "200", "--widths", "4,4,4", "--clean-epochs", "1",
+          "--pgd-steps", "2", "--epochs", "1", "--surrogates", "2",
+          "--seeds", "1"]
+  results = error_max_surrogates.main(argv)
+  summary = results["summary"]
+  assert set(summary) == {"augmented", "unaugmented"}
+  for kind, augment in (("augmented", True), ("unaugmented", False)):
+    cells = results["cells"][kind]
+    assert [c["surrogate"] for c in cells] == [0, 1]
+    assert all(c["surrogate_augment"] is augment for c in cells)
+    assert summary[kind]["victim_accuracy"] == pytest.approx(
+        np.mean([c["victim_accuracy"] for c in cells]))
+    assert summary[kind]["below_clean"] == pytest.approx(
+        results["clean_victim_accuracy"] - summary[kind]["victim_accuracy"])
+
+  def must_not_run(*args, **kwargs):
+    raise AssertionError("finished cell recomputed")
+
+  monkeypatch.setattr(error_max_surrogates.train, "train_victim",
+                      must_not_run)
+  assert error_max_surrogates.main(argv)["summary"] == summary
