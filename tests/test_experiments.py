@@ -175,6 +175,25 @@ def test_table_defences_partial_protection_and_resume(tmp_path, monkeypatch):
                    for m, row in acc.items()}
 
 
+@pytest.mark.parametrize("flag,expected", [
+    ([], "--surrogate-augment"),
+    (["--no-surrogate-augment"], "--no-surrogate-augment")])
+def test_table_passes_error_max_surrogate_augmentation(tmp_path, flag,
+                                                       expected):
+  """The table's error-max cells are keyed by the surrogate's augmentation,
+  so cells crafted either way are never mixed up."""
+  from experiments import table
+  args = table.parse_args(["--out", str(tmp_path / "t"), "--methods",
+                           "error-max,error-max-targeted"] + flag)
+  assert args.surrogate_augment is (expected == "--surrogate-augment")
+  for method in ("error-max", "error-max-targeted"):
+    argv = table.craft_argv(args, method, tmp_path / method)
+    assert expected in argv
+    assert craft.parse_args(argv).surrogate_augment is args.surrogate_augment
+  assert "surrogate-augment" not in " ".join(
+      table.craft_argv(args, "random", tmp_path / "random"))
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--defences", "none,magic"], "unknown defence(s) ['magic']"),
     (["--methods", "clean,clean"], "lists a method twice"),
