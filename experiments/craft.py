@@ -112,7 +112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                   default=True,
                   help="train the clean surrogate with the dataset's standard "
                   "augmentation (random crop, plus flips on RGB data), as "
-                  "the reference trains its models (default: on)")
+                  "the reference trains the model it attacks (default: on)")
   free = p.add_argument_group("model-free baselines (--method ops/ar/lsp)")
   free.add_argument("--l2-epsilon", type=common.parse_fraction, default=None,
                     help="L2 norm of each AR / LSP perturbation in [0, 1] "
@@ -402,8 +402,10 @@ def _craft_rem(args, ds, model, init_key, craft_key):
 def _craft_error_max(args, ds, model, init_key, craft_key):
   """A clean surrogate, then sample-wise PGD against it."""
   x_train, y_train = ds["train"]
-  # The reference trains every model, this surrogate included, with its
-  # train transform (random crop and flip on CIFAR-10). It matters: on the
+  # The reference's error-max (perturbation.py --attack_type min-max
+  # --load_model) attacks a model trained by its main.py, whose train
+  # transform is random crop and flip on CIFAR-10; only the crafting itself
+  # runs on unaugmented images, as here. It matters: on the
   # Fashion-MNIST subset, noise from 3 such surrogates left victims at 0.53
   # on average, from 3 unaugmented ones at 0.65 (README, issue 4).
   augment = (data_lib.default_augmentation(x_train.shape[1:])

@@ -8,9 +8,9 @@ et al., ICLR 2021, Sec. 4.1) depends on the one surrogate it attacks, so a
 single crafting run says little. For each of ``--surrogates`` surrogate
 initialisations, this trains the clean surrogate twice on the same subset
 (with the dataset's standard augmentation, as `experiments.craft` does by
-default and the reference trains its models, and without), crafts
-untargeted sample-wise noise against each, and trains ``--seeds`` standard
-victims (no augmentation) on every release. The clean victims use the same
+default and as the reference trains the model its error-max attacks, and
+without), crafts untargeted sample-wise noise against each, and trains
+``--seeds`` standard victims (no augmentation) on every release. The clean victims use the same
 victim keys. Surrogate i of both kinds starts from the same initialisation.
 
 Each cell is saved to ``--out/cells/`` when done, so an interrupted run

@@ -519,8 +519,8 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
 
   PGD against a *fully trained clean* surrogate (train it first, e.g. with
   `jaxue.train.train_victim` on the clean data and, as the reference trains
-  its models, ``augment=jaxue.data.default_augmentation(shape)``: on
-  Fashion-MNIST that surrogate's noise is markedly stronger, see
+  the model it attacks, ``augment=jaxue.data.default_augmentation(shape)``:
+  on Fashion-MNIST that surrogate's noise is markedly stronger, see
   `experiments.craft`), frozen in eval mode:
 
   * untargeted: ascend ``CE(f(x + delta), y)``;

@@ -267,7 +267,8 @@ def test_craft_model_free_ops_lsp_and_ar(tmp_path, capsys):
 def test_craft_error_max_surrogate_augmentation(tmp_path, monkeypatch, flag,
                                                 augmented):
   """Error-max's clean surrogate trains with the dataset's standard
-  augmentation (as the reference's models do) unless told not to."""
+  augmentation (as the reference's attacked model does) unless told not
+  to."""
   data_dir = _fake_idx_dir(tmp_path / "data")
   seen = []
   real_train_victim = train.train_victim
