@@ -91,14 +91,11 @@ def run_cell(args, name: str, method: str, epsilon: float | None,
              "converged": result.converged,
              "final_noisy_accuracy": result.history["accuracy"][-1]}
   craft_seconds = time.perf_counter() - start
-  finals, curves = [], []
-  for s in range(args.seeds):
-    _, history = train.train_victim(
-        jax.random.fold_in(jax.random.fold_in(key, 2), s), model, images,
-        y_train, test=data["test"], epochs=args.epochs,
-        progress=f"{name} victim {s}")
-    finals.append(history["test_accuracy"][-1])
-    curves.append(history["test_accuracy"])
+  _, histories = train.train_victims(
+      jax.random.fold_in(key, 2), model, images, y_train, seeds=args.seeds,
+      test=data["test"], epochs=args.epochs, progress=f"{name} victim")
+  curves = [h["test_accuracy"] for h in histories]
+  finals = [curve[-1] for curve in curves]
   cell = {"name": name, "method": method, "epsilon": epsilon,
           "train_size": len(y_train), "accuracy": float(np.mean(finals)),
           "accuracy_per_seed": finals, "curves": curves, "craft": craft,

@@ -60,16 +60,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return args
 
 
-def _victims(args, key, images, labels, data, model, name) -> list[float]:
-  finals = []
-  for s in range(args.seeds):
-    _, history = train.train_victim(
-        jax.random.fold_in(key, s), model, images, labels, test=data["test"],
-        epochs=args.epochs, progress=f"{name} victim {s}")
-    finals.append(history["test_accuracy"][-1])
-  return finals
-
-
 def run_cell(args, name: str, surrogate: int | None, augment: bool,
              data: dict, model) -> dict:
   """One surrogate's noise and its victims (or the clean victims); cached."""
@@ -96,7 +86,10 @@ def run_cell(args, name: str, surrogate: int | None, augment: bool,
     cell.update(surrogate=surrogate, surrogate_augment=augment,
                 surrogate_test_accuracy=history["test_accuracy"][-1],
                 craft_seconds=round(time.perf_counter() - start, 1))
-  finals = _victims(args, key, images, y_train, data, model, name)
+  _, histories = train.train_victims(
+      key, model, images, y_train, seeds=args.seeds, test=data["test"],
+      epochs=args.epochs, progress=f"{name} victim")
+  finals = [h["test_accuracy"][-1] for h in histories]
   cell.update(victim_accuracy=float(np.mean(finals)),
               victim_accuracy_per_seed=finals)
   checkpoint.write_json(path, cell)

@@ -226,19 +226,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
       [("clean", x_train)] + list(released.items())):
     with timer(f"victims_{method}"):
       def fit_victims(i=i, method=method, images=images):
-        finals, curves = [], []
-        for s in range(args.seeds):
-          state, history = train.train_victim(
-              jax.random.fold_in(jax.random.fold_in(k_victim, i), s), model,
-              images, y_train, test=test, epochs=args.epochs,
-              progress=f"victim {method} {s}")
-          finals.append(history["test_accuracy"][-1])
-          curves.append(history["test_accuracy"])
-          if s == 0 and method != "clean":
-            checkpoint.save_model(out / "models" / f"victim-{method}",
-                                  state, model=model_spec,
-                                  input_shape=shape,
-                                  extra={"method": method})
+        state, histories = train.train_victims(
+            jax.random.fold_in(k_victim, i), model, images, y_train,
+            seeds=args.seeds, test=test, epochs=args.epochs,
+            progress=f"victim {method}")
+        curves = [h["test_accuracy"] for h in histories]
+        finals = [curve[-1] for curve in curves]
+        if method != "clean":
+          checkpoint.save_model(out / "models" / f"victim-{method}", state,
+                                model=model_spec, input_shape=shape,
+                                extra={"method": method})
         return {"accuracy": float(np.mean(finals)), "per_seed": finals,
                 "curves": curves}
       victims[method] = stages.json(f"victims_{method}", fit_victims)

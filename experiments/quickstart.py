@@ -181,14 +181,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
   # Adversary: train fresh victims on each released dataset.
   accuracy, spread, curves = {}, {}, {}
   for i, (name, images) in enumerate(released.items()):
-    runs = []
     with timer(f"victim_{name}"):
-      for s in range(args.seeds):
-        _, history = train.train_victim(
-            jax.random.fold_in(jax.random.fold_in(victim_key, i), s), model,
-            images, y_train, test=(x_test, y_test), epochs=args.epochs,
-            progress=f"victim {name} seed {s}")
-        runs.append(history["test_accuracy"])
+      _, histories = train.train_victims(
+          jax.random.fold_in(victim_key, i), model, images, y_train,
+          seeds=args.seeds, test=(x_test, y_test), epochs=args.epochs,
+          progress=f"victim {name} seed")
+    runs = [h["test_accuracy"] for h in histories]
     finals = [run[-1] for run in runs]
     accuracy[name] = float(np.mean(finals))
     spread[name] = finals

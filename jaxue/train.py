@@ -344,6 +344,30 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
              adversarial=adversarial, progress=progress)
 
 
+def train_victims(key: jax.Array, model: Model, images: np.ndarray,
+                  labels: np.ndarray, *, seeds: int,
+                  progress: bool | str = "victim", **kwargs: Any
+                  ) -> tuple[TrainState, list[dict[str, list]]]:
+  """`train_victim` for ``seeds`` victims, victim s with key
+  ``fold_in(key, s)`` (and progress label ``f"{progress} {s}"``); the
+  keyword arguments go to `train_victim`.
+
+  Returns:
+    The first victim's state (the one experiments save) and every victim's
+    history, in seed order.
+  """
+  first, histories = None, []
+  for s in range(seeds):
+    state, history = train_victim(
+        jax.random.fold_in(key, s), model, images, labels,
+        progress=f"{progress} {s}" if isinstance(progress, str) else progress,
+        **kwargs)
+    if s == 0:
+      first = state
+    histories.append(history)
+  return first, histories
+
+
 # ---------------------------------------------------------------------------
 # Adversarial training (Madry et al., "Towards Deep Learning Models Resistant
 # to Adversarial Attacks", ICLR 2018).

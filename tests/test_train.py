@@ -49,6 +49,25 @@ def test_fit_learns_and_records_history(model):
   assert history["train_loss"][-1] < history["train_loss"][0]
 
 
+def test_train_victims_is_train_victim_per_seed(model):
+  images, labels = _toy(64)
+  kwargs = dict(test=(images, labels), epochs=1, batch_size=32,
+                progress=False)
+  key = jax.random.key(5)
+  first, histories = train.train_victims(key, model, images, labels,
+                                         seeds=2, **kwargs)
+  assert len(histories) == 2
+  for s in range(2):
+    state, history = train.train_victim(jax.random.fold_in(key, s), model,
+                                        images, labels, **kwargs)
+    for name in ("train_loss", "train_accuracy", "test_accuracy"):
+      assert histories[s][name] == history[name]
+    if s == 0:
+      for a, b in zip(jax.tree.leaves(first.variables),
+                      jax.tree.leaves(state.variables)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_optimizer_matches_reference_order():
   # clip -> weight decay -> momentum SGD, as torch clip_grad_norm_ + SGD.
   params = {"w": jnp.array([3.0, 4.0])}
