@@ -151,8 +151,8 @@ def _module_name() -> str:
 def _jsonable(value: Any) -> Any:
   if isinstance(value, pathlib.Path):
     return str(value)
-  if isinstance(value, tuple):
-    return list(value)
+  if isinstance(value, (tuple, list)):
+    return [_jsonable(v) for v in value]
   return value
 
 

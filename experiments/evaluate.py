@@ -124,7 +124,8 @@ def adversarial_config(args: argparse.Namespace) -> train.AdversarialConfig:
                                  args.adv_step_size).resolved()
 
 
-def _released_file(path: pathlib.Path) -> pathlib.Path:
+def released_file(path: pathlib.Path) -> pathlib.Path:
+  """``path`` itself, or the ``released.npz`` in the folder ``path``."""
   if path.is_dir():
     path = path / "released.npz"
   if not path.exists():
@@ -136,7 +137,7 @@ def _released_file(path: pathlib.Path) -> pathlib.Path:
 
 def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   """Reads a released dataset written by `experiments.craft`."""
-  path = _released_file(path)
+  path = released_file(path)
   with np.load(path) as f:
     if "images" not in f or "labels" not in f:
       raise ValueError(f"{path} has no 'images' and 'labels' arrays")
@@ -152,7 +153,7 @@ def clean_originals(path: pathlib.Path, dataset: str,
   ``train_indices`` that `experiments.craft` stores), checked by label.
 
   ``clean_train`` is the whole clean training set of ``dataset``."""
-  path = _released_file(path)
+  path = released_file(path)
   with np.load(path) as f:
     if "train_indices" not in f:
       raise ValueError(

@@ -20,6 +20,8 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
   grayscale, JPEG re-encoding).
 * `jaxue.certify`: Monte-Carlo accuracies and the (q, eta) bound.
 * `jaxue.recover`: the weight-recovery attack.
+* `jaxue.diagnostics`: what a release's noise is made of (a shortcut, or
+  the classes' features).
 * `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
 """
 
@@ -28,6 +30,7 @@ from jaxue import certify
 from jaxue import checkpoint
 from jaxue import data
 from jaxue import defences
+from jaxue import diagnostics
 from jaxue import models
 from jaxue import noise
 from jaxue import pgd

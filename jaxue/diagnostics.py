@@ -1,0 +1,205 @@
+"""What a release's noise is made of: a shortcut, or the classes' features?
+
+Error-minimizing noise works as a *shortcut* (Huang et al., ICLR 2021,
+Sec. 5): a pattern that predicts the label so easily that a victim learns it
+instead of the images. Noise crafted against an adversarially trained
+surrogate (REM; Fu et al., ICLR 2022, Sec. 4) can instead drift towards
+the classes' real features, since the input gradients of robust models are
+aligned with what humans see (Tsipras et al., ICLR 2019, Sec. 5) -- and
+noise that *adds* real features teaches a victim rather than protecting the
+data. These measurements tell the two apart on a released dataset:
+
+* `class_direction_cosine`: the cosine between each image's noise and its
+  class's direction in pixel space (class mean minus overall mean of the
+  clean training set): towards the class's look (> 0) or not.
+* `nearest_class_mean_accuracy`: how well the noise *alone* predicts the
+  label (nearest class mean of the noise, fitted on one part of the images
+  and scored on the rest): a shortcut is class-consistent.
+* `transfer`: the loss and accuracy on clean vs released images of a model
+  trained on *other* clean images (it never saw the noise). Shortcut noise
+  leaves them unchanged, error-maximizing noise raises the loss (it is
+  adversarial), and feature-like noise lowers it.
+
+All functions take the uint8 images as released and the clean originals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxue import data as data_lib
+
+
+def _check_pair(clean: np.ndarray, released: np.ndarray,
+                labels: np.ndarray) -> None:
+  data_lib.check_dataset(np.asarray(clean), np.asarray(labels))
+  data_lib.check_dataset(np.asarray(released), np.asarray(labels))
+  if clean.shape != released.shape:
+    raise ValueError(f"clean and released images differ in shape: "
+                     f"{clean.shape} vs {released.shape}")
+
+
+def effective_noise(clean: np.ndarray, released: np.ndarray) -> np.ndarray:
+  """The change the release made, ``(released - clean) / 255``, in [-1, 1].
+
+  This is the noise after clipping to the valid range and rounding to uint8,
+  i.e. what a victim sees, not what the crafter computed.
+  """
+  clean, released = np.asarray(clean), np.asarray(released)
+  if clean.dtype != np.uint8 or released.dtype != np.uint8:
+    raise ValueError(f"images must be uint8, got {clean.dtype} and "
+                     f"{released.dtype}")
+  if clean.shape != released.shape:
+    raise ValueError(f"clean and released images differ in shape: "
+                     f"{clean.shape} vs {released.shape}")
+  return (released.astype(np.float32) - clean.astype(np.float32)) / 255.0
+
+
+def class_directions(images: np.ndarray, labels: np.ndarray, *,
+                     num_classes: int) -> np.ndarray:
+  """Each class's mean image minus the overall mean, in [0, 1] units.
+
+  Args:
+    images: uint8 NHWC clean images (e.g. the whole training set).
+    labels: their integer labels.
+    num_classes: C; every class must occur.
+
+  Returns:
+    float32 (C, H, W, channels).
+  """
+  data_lib.check_dataset(np.asarray(images), np.asarray(labels))
+  labels = np.asarray(labels)
+  counts = np.bincount(labels, minlength=num_classes)
+  if labels.min() < 0 or labels.max() >= num_classes or np.any(counts == 0):
+    raise ValueError(f"labels must cover every class 0..{num_classes - 1} "
+                     f"(counts {counts.tolist()})")
+  flat = np.asarray(images, np.float64).reshape(len(labels), -1) / 255.0
+  sums = np.zeros((num_classes, flat.shape[1]))
+  np.add.at(sums, labels, flat)
+  means = sums / counts[:, None]
+  directions = means - flat.mean(0)
+  return directions.reshape((num_classes,) + images.shape[1:]).astype(
+      np.float32)
+
+
+def class_direction_cosine(noise: np.ndarray, labels: np.ndarray,
+                           directions: np.ndarray) -> np.ndarray:
+  """Per image, the cosine between its noise and its class's direction.
+
+  Args:
+    noise: (N, H, W, C) noise, e.g. `effective_noise`.
+    labels: (N,) labels.
+    directions: (num_classes, H, W, C), e.g. `class_directions`.
+
+  Returns:
+    float64 (N,) cosines in [-1, 1] (0 for an image left unchanged).
+  """
+  noise, labels = np.asarray(noise), np.asarray(labels)
+  if noise.shape[1:] != directions.shape[1:] or len(noise) != len(labels):
+    raise ValueError(f"noise {noise.shape}, labels {labels.shape} and "
+                     f"directions {directions.shape} do not match")
+  d = noise.reshape(len(labels), -1).astype(np.float64)
+  c = np.asarray(directions, np.float64).reshape(len(directions), -1)[labels]
+  norms = np.linalg.norm(d, axis=1) * np.linalg.norm(c, axis=1)
+  dots = np.sum(d * c, axis=1)
+  return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def nearest_class_mean_accuracy(noise: np.ndarray, labels: np.ndarray, *,
+                                num_classes: int,
+                                fit_fraction: float = 0.5) -> float:
+  """How well the noise alone predicts the label.
+
+  The class means of the noise are fitted on the first ``fit_fraction`` of
+  the images; each remaining image's noise is assigned to the nearest mean
+  (Euclidean). Class-wise noise scores 1; noise independent of the label
+  scores chance (1 / num_classes).
+
+  Returns:
+    accuracy on the held-out images, in [0, 1].
+  """
+  noise, labels = np.asarray(noise), np.asarray(labels)
+  if not 0 < fit_fraction < 1:
+    raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
+  split = int(round(len(labels) * fit_fraction))
+  flat = noise.reshape(len(labels), -1).astype(np.float64)
+  fit, held = flat[:split], flat[split:]
+  fit_labels, held_labels = labels[:split], labels[split:]
+  counts = np.bincount(fit_labels, minlength=num_classes)
+  if len(held) == 0 or np.any(counts == 0):
+    raise ValueError(f"need every class among the first {split} images and "
+                     f"at least one held-out image (class counts "
+                     f"{counts.tolist()}, {len(held)} held out)")
+  means = np.zeros((num_classes, flat.shape[1]))
+  np.add.at(means, fit_labels, fit)
+  means /= counts[:, None]
+  # ||h - m||^2 up to the ||h||^2 every class shares.
+  scores = held @ means.T - 0.5 * np.sum(means ** 2, axis=1)
+  return float(np.mean(np.argmax(scores, axis=1) == held_labels))
+
+
+def _loss_and_correct(apply_fn: Callable[..., Any], variables: Any,
+                      images: jax.Array, labels: jax.Array,
+                      batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Summed cross-entropy and correct count (eval mode), batched."""
+  n = images.shape[0]
+  batch_size = min(batch_size, n)
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+  labels = jnp.pad(labels, (0, pad), constant_values=-1)
+
+  def one(batch):
+    x, y = batch
+    logits, _ = apply_fn(variables, x.astype(jnp.float32) / 255.0, False)
+    valid = y >= 0
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.maximum(y, 0))
+    return (jnp.sum(jnp.where(valid, loss, 0.0)),
+            jnp.sum((logits.argmax(-1) == y) & valid, dtype=jnp.int32))
+
+  losses, correct = jax.lax.map(
+      one, (images.reshape((num_batches, batch_size) + images.shape[1:]),
+            labels.reshape(num_batches, batch_size)))
+  return losses.sum(), correct.sum()
+
+
+_loss_and_correct_jit = jax.jit(_loss_and_correct, static_argnums=(0, 4))
+
+
+def transfer(apply_fn: Callable[..., Any], variables: Any,
+             clean: np.ndarray, released: np.ndarray, labels: np.ndarray, *,
+             batch_size: int = 500) -> dict[str, float]:
+  """A fixed model's mean cross-entropy and accuracy on clean vs released
+  images (eval mode).
+
+  Use a model trained on clean images *other* than these, so that neither
+  the noise nor the images themselves were seen in training.
+
+  Args:
+    apply_fn: ``apply(variables, images, train) -> (logits, stats)``.
+    variables: the model's variables.
+    clean: uint8 NHWC clean originals.
+    released: uint8 NHWC released images, same shape.
+    labels: integer labels.
+    batch_size: images per forward pass (a memory knob).
+
+  Returns:
+    ``{"loss_clean", "loss_released", "accuracy_clean",
+    "accuracy_released"}``.
+  """
+  _check_pair(clean, released, labels)
+  y = jnp.asarray(np.asarray(labels, np.int32))
+  out = {}
+  for name, images in (("clean", clean), ("released", released)):
+    loss, correct = _loss_and_correct_jit(
+        apply_fn, variables, jnp.asarray(images), y, int(batch_size))
+    out[f"loss_{name}"] = float(loss) / len(labels)
+    out[f"accuracy_{name}"] = int(correct) / len(labels)
+  return out

@@ -1,0 +1,152 @@
+"""Tests for jaxue.diagnostics and experiments.noise_features."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxue import diagnostics
+from jaxue import models
+
+from tests.test_experiments import _fake_idx_dir
+
+
+def _images(rng, n, shape=(8, 8, 1)):
+  return rng.integers(0, 256, (n,) + shape).astype(np.uint8)
+
+
+def test_effective_noise_is_the_released_change():
+  rng = np.random.default_rng(0)
+  clean = _images(rng, 5)
+  released = np.clip(clean.astype(int) + rng.integers(-9, 10, clean.shape),
+                     0, 255).astype(np.uint8)
+  noise = diagnostics.effective_noise(clean, released)
+  assert noise.dtype == np.float32
+  np.testing.assert_allclose(noise * 255, released.astype(int) - clean,
+                             atol=1e-4)
+  with pytest.raises(ValueError, match="uint8"):
+    diagnostics.effective_noise(clean / 255.0, released)
+  with pytest.raises(ValueError, match="differ in shape"):
+    diagnostics.effective_noise(clean[:4], released)
+
+
+def test_class_directions_are_centred_class_means():
+  rng = np.random.default_rng(1)
+  images, labels = _images(rng, 60), np.arange(60) % 3
+  directions = diagnostics.class_directions(images, labels, num_classes=3)
+  assert directions.shape == (3, 8, 8, 1)
+  x = images / 255.0
+  np.testing.assert_allclose(directions[1], x[labels == 1].mean(0) - x.mean(0),
+                             atol=1e-6)
+  # Weighted by class size the directions cancel.
+  np.testing.assert_allclose(
+      np.tensordot(np.bincount(labels), directions, 1), 0, atol=1e-4)
+  with pytest.raises(ValueError, match="every class"):
+    diagnostics.class_directions(images, labels, num_classes=4)
+
+
+def test_class_direction_cosine_signs():
+  rng = np.random.default_rng(2)
+  directions = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+  labels = np.arange(20) % 4
+  towards = diagnostics.class_direction_cosine(
+      0.1 * directions[labels], labels, directions)
+  np.testing.assert_allclose(towards, 1.0, atol=1e-6)
+  away = diagnostics.class_direction_cosine(
+      -directions[labels], labels, directions)
+  np.testing.assert_allclose(away, -1.0, atol=1e-6)
+  none = diagnostics.class_direction_cosine(
+      np.zeros((20, 8, 8, 1)), labels, directions)
+  np.testing.assert_array_equal(none, 0.0)
+  with pytest.raises(ValueError, match="do not match"):
+    diagnostics.class_direction_cosine(np.zeros((20, 4, 4, 1)), labels,
+                                       directions)
+
+
+def test_nearest_class_mean_separates_shortcuts_from_independent_noise():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 10, 2000)
+  patterns = rng.normal(size=(10, 8, 8, 1))
+  classwise = patterns[labels] + 0.1 * rng.normal(size=(2000, 8, 8, 1))
+  assert diagnostics.nearest_class_mean_accuracy(
+      classwise, labels, num_classes=10) == 1.0
+  # Noise independent of the label: chance is 0.1; 1,000 held-out images
+  # put the accuracy within +-0.05 of it with overwhelming probability.
+  independent = rng.normal(size=(2000, 8, 8, 1))
+  accuracy = diagnostics.nearest_class_mean_accuracy(
+      independent, labels, num_classes=10)
+  assert 0.05 < accuracy < 0.15
+  with pytest.raises(ValueError, match="every class"):
+    diagnostics.nearest_class_mean_accuracy(classwise[:5], labels[:5],
+                                            num_classes=10)
+  with pytest.raises(ValueError, match="fit_fraction"):
+    diagnostics.nearest_class_mean_accuracy(classwise, labels,
+                                            num_classes=10, fit_fraction=1)
+
+
+def test_transfer_compares_clean_and_released():
+  rng = np.random.default_rng(4)
+  model = models.make_model("small_cnn", widths=(4, 4, 4))
+  variables = model.init(jax.random.key(0), (28, 28, 1))
+  clean = _images(rng, 23, (28, 28, 1))
+  labels = np.arange(23) % 10
+  same = diagnostics.transfer(model.apply, variables, clean, clean, labels)
+  assert same["loss_clean"] == pytest.approx(same["loss_released"])
+  assert same["accuracy_clean"] == same["accuracy_released"]
+  released = 255 - clean
+  whole = diagnostics.transfer(model.apply, variables, clean, released,
+                               labels)
+  assert whole["loss_released"] != pytest.approx(whole["loss_clean"])
+  # Batching (with a padded tail) does not change the numbers.
+  batched = diagnostics.transfer(model.apply, variables, clean, released,
+                                 labels, batch_size=7)
+  for name, value in whole.items():
+    assert batched[name] == pytest.approx(value, rel=1e-5)
+  with pytest.raises(ValueError, match="differ in shape"):
+    diagnostics.transfer(model.apply, variables, clean, released[:, :27],
+                         labels)
+
+
+@pytest.mark.slow
+def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
+                                                capsys):
+  from experiments import craft
+  from experiments import noise_features
+  data_dir = _fake_idx_dir(tmp_path / "data", n_train=1300)
+  for method, budget in (("random", ["--epsilon", "16/255"]), ("ops", [])):
+    craft.main(["--out", str(tmp_path / method), "--method", method,
+                "--data-dir", str(data_dir), "--train-size", "200"] + budget)
+  argv = ["--out", str(tmp_path / "nf"), "--data-dir", str(data_dir),
+          "--released", f"random={tmp_path / 'random'}",
+          "--released", f"ops={tmp_path / 'ops'}",
+          "--widths", "4,4,4", "--epochs", "1"]
+  results = noise_features.main(argv)
+  assert set(results["releases"]) == {"random", "ops"}
+  # Both releases use the same 200 images; the other 1,100 train the
+  # reference model.
+  assert results["reference_model"]["train_images"] == 1100
+  ops = results["releases"]["ops"]
+  assert ops["method"] == "ops" and ops["images"] == 200
+  assert ops["noise_nearest_class_mean_accuracy"] == 1.0  # One pixel per class.
+  random = results["releases"]["random"]
+  assert random["noise_linf_max"] <= 16 / 255 + 1e-6
+  assert -1 <= random["class_direction_cosine"] <= 1
+
+  def must_not_train(*args, **kwargs):
+    raise AssertionError("reference model retrained")
+
+  monkeypatch.setattr(noise_features.train, "train_victim", must_not_train)
+  again = noise_features.main(argv)
+  assert again["releases"] == results["releases"]
+
+  capsys.readouterr()
+  for bad, message in [
+      (argv[:-1] + ["2"], "trained with other settings"),
+      (argv + ["--released", f"ops={tmp_path / 'ops'}"], "must be unique"),
+      (["--out", str(tmp_path / "nf2"), "--data-dir", str(data_dir),
+        "--released", f"x={tmp_path / 'missing'}"], "no released dataset"),
+      (["--out", str(tmp_path / "nf3"), "--released", "noname"],
+       "expected NAME=DIR")]:
+    with pytest.raises(SystemExit):
+      noise_features.main(bad)
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
