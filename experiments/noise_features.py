@@ -12,7 +12,7 @@ clipping and rounding) with `jaxue.diagnostics`:
 * its mean cosine with the image's class direction (class mean minus overall
   mean of the clean training set);
 * the accuracy of a nearest-class-mean rule on the noise alone (fitted on
-  the first half of the images, scored on the second);
+  the first half of each class's images, scored on the rest);
 * the cross-entropy and accuracy, on the clean and on the released images,
   of a *reference* model trained on the clean training images that are in
   none of the releases (so it saw neither the noise nor these images;

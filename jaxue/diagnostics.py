@@ -13,8 +13,8 @@ data. These measurements tell the two apart on a released dataset:
   class's direction in pixel space (class mean minus overall mean of the
   clean training set): towards the class's look (> 0) or not.
 * `nearest_class_mean_accuracy`: how well the noise *alone* predicts the
-  label (nearest class mean of the noise, fitted on one part of the images
-  and scored on the rest): a shortcut is class-consistent.
+  label (nearest class mean of the noise, fitted on half of each class's
+  images and scored on the rest): a shortcut is class-consistent.
 * `transfer`: the loss and accuracy on clean vs released images of a model
   trained on *other* clean images (it never saw the noise). Shortcut noise
   leaves them unchanged, error-maximizing noise raises the loss (it is
@@ -79,13 +79,13 @@ def class_directions(images: np.ndarray, labels: np.ndarray, *,
   if labels.min() < 0 or labels.max() >= num_classes or np.any(counts == 0):
     raise ValueError(f"labels must cover every class 0..{num_classes - 1} "
                      f"(counts {counts.tolist()})")
-  flat = np.asarray(images, np.float64).reshape(len(labels), -1) / 255.0
-  sums = np.zeros((num_classes, flat.shape[1]))
-  np.add.at(sums, labels, flat)
-  means = sums / counts[:, None]
-  directions = means - flat.mean(0)
-  return directions.reshape((num_classes,) + images.shape[1:]).astype(
-      np.float32)
+  flat = np.asarray(images).reshape(len(labels), -1)
+  # Means accumulate in float64 without a float copy of the whole set.
+  overall = flat.mean(axis=0, dtype=np.float64)
+  directions = np.stack([flat[labels == k].mean(axis=0, dtype=np.float64)
+                         for k in range(num_classes)]) - overall
+  return (directions / 255.0).reshape(
+      (num_classes,) + images.shape[1:]).astype(np.float32)
 
 
 def class_direction_cosine(noise: np.ndarray, labels: np.ndarray,
@@ -116,10 +116,10 @@ def nearest_class_mean_accuracy(noise: np.ndarray, labels: np.ndarray, *,
                                 fit_fraction: float = 0.5) -> float:
   """How well the noise alone predicts the label.
 
-  The class means of the noise are fitted on the first ``fit_fraction`` of
-  the images; each remaining image's noise is assigned to the nearest mean
-  (Euclidean). Class-wise noise scores 1; noise independent of the label
-  scores chance (1 / num_classes).
+  Within each class, the noise of the first ``fit_fraction`` of its images
+  (in the given order) fits the class mean; every other image's noise is
+  assigned to the nearest mean (Euclidean). Class-wise noise scores 1;
+  noise independent of the label scores chance (about 1 / num_classes).
 
   Returns:
     accuracy on the held-out images, in [0, 1].
@@ -127,21 +127,25 @@ def nearest_class_mean_accuracy(noise: np.ndarray, labels: np.ndarray, *,
   noise, labels = np.asarray(noise), np.asarray(labels)
   if not 0 < fit_fraction < 1:
     raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
-  split = int(round(len(labels) * fit_fraction))
+  if len(noise) != len(labels):
+    raise ValueError(f"noise and labels lengths differ: {len(noise)} vs "
+                     f"{len(labels)}")
   flat = noise.reshape(len(labels), -1).astype(np.float64)
-  fit, held = flat[:split], flat[split:]
-  fit_labels, held_labels = labels[:split], labels[split:]
-  counts = np.bincount(fit_labels, minlength=num_classes)
-  if len(held) == 0 or np.any(counts == 0):
-    raise ValueError(f"need every class among the first {split} images and "
-                     f"at least one held-out image (class counts "
-                     f"{counts.tolist()}, {len(held)} held out)")
-  means = np.zeros((num_classes, flat.shape[1]))
-  np.add.at(means, fit_labels, fit)
-  means /= counts[:, None]
+  fit = np.zeros(len(labels), bool)
+  for k in range(num_classes):
+    members = np.flatnonzero(labels == k)
+    fit[members[:int(round(len(members) * fit_fraction))]] = True
+  counts = np.bincount(labels[fit], minlength=num_classes)
+  if np.any(counts == 0) or fit.all():
+    raise ValueError(f"need a fitted image of every class and at least one "
+                     f"held-out image (fitted per class {counts.tolist()}, "
+                     f"{int((~fit).sum())} held out)")
+  means = np.stack([flat[fit & (labels == k)].mean(axis=0)
+                    for k in range(num_classes)])
+  held = flat[~fit]
   # ||h - m||^2 up to the ||h||^2 every class shares.
   scores = held @ means.T - 0.5 * np.sum(means ** 2, axis=1)
-  return float(np.mean(np.argmax(scores, axis=1) == held_labels))
+  return float(np.mean(np.argmax(scores, axis=1) == labels[~fit]))
 
 
 def _loss_and_correct(apply_fn: Callable[..., Any], variables: Any,
