@@ -122,7 +122,7 @@ def reference_model(args: argparse.Namespace, clean_train, test, excluded,
       raise common.UsageError(
           f"{path} holds a reference model trained with other settings "
           f"({saved}); use another --out or remove it")
-    return model, variables, saved
+    return model, variables, {**saved, "reused": True}
   if len(keep) < _MIN_REFERENCE_IMAGES or np.any(
       np.bincount(y_train[keep], minlength=num_classes) == 0):
     raise common.UsageError(
@@ -131,13 +131,15 @@ def reference_model(args: argparse.Namespace, clean_train, test, excluded,
   spec = {"name": "small_cnn", "num_classes": num_classes,
           "widths": list(args.widths)}
   model = models.make_model(**spec)
+  start = time.perf_counter()
   state, history = train.train_victim(
       jax.random.key(args.seed), model, x_train[keep], y_train[keep],
       test=test, epochs=args.epochs, progress="reference model")
-  settings["test_accuracy"] = history["test_accuracy"][-1]
+  settings.update(test_accuracy=history["test_accuracy"][-1],
+                  train_seconds=round(time.perf_counter() - start, 1))
   checkpoint.save_model(path, state, model=spec,
                         input_shape=x_train.shape[1:], extra=settings)
-  return model, state.variables, settings
+  return model, state.variables, {**settings, "reused": False}
 
 
 @common.cli

@@ -128,6 +128,7 @@ def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
   # Both releases use the same 200 images; the other 1,100 train the
   # reference model.
   assert results["reference_model"]["train_images"] == 1100
+  assert results["reference_model"]["reused"] is False
   ops = results["releases"]["ops"]
   assert ops["method"] == "ops" and ops["images"] == 200
   assert ops["noise_nearest_class_mean_accuracy"] == 1.0  # One pixel per class.
@@ -141,6 +142,7 @@ def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
   monkeypatch.setattr(noise_features.train, "train_victim", must_not_train)
   again = noise_features.main(argv)
   assert again["releases"] == results["releases"]
+  assert again["reference_model"]["reused"] is True
 
   capsys.readouterr()
   for bad, message in [
