@@ -157,8 +157,9 @@ def clean_originals(path: pathlib.Path, dataset: str,
   with np.load(path) as f:
     if "train_indices" not in f:
       raise ValueError(
-          f"{path} has no 'train_indices': --poison-ratio needs a release "
-          "written by experiments.craft")
+          f"{path} has no 'train_indices' (the positions of its images in "
+          "the clean training set, which experiments.craft stores); "
+          "--poison-ratio and experiments.noise_features need them")
     indices = f["train_indices"]
   x_train, y_train = clean_train
   if len(indices) != len(labels) or indices.max(initial=0) >= len(y_train):

@@ -144,8 +144,13 @@ def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
   assert again["releases"] == results["releases"]
   assert again["reference_model"]["reused"] is True
 
+  with np.load(tmp_path / "ops" / "released.npz") as f:
+    np.savez(tmp_path / "bare.npz", images=f["images"], labels=f["labels"])
   capsys.readouterr()
   for bad, message in [
+      (["--out", str(tmp_path / "nf4"), "--data-dir", str(data_dir),
+        "--released", f"bare={tmp_path / 'bare.npz'}"],
+       "has no 'train_indices'"),
       (argv[:-1] + ["2"], "trained with other settings"),
       (argv + ["--released", f"ops={tmp_path / 'ops'}"], "must be unique"),
       (["--out", str(tmp_path / "nf2"), "--data-dir", str(data_dir),
