@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from jaxue import data as data_lib
+from jaxue import train as train_lib
 
 
 def _check_pair(clean: np.ndarray, released: np.ndarray,
@@ -152,25 +153,18 @@ def _loss_and_correct(apply_fn: Callable[..., Any], variables: Any,
                       images: jax.Array, labels: jax.Array,
                       batch_size: int) -> tuple[jax.Array, jax.Array]:
   """Summed cross-entropy and correct count (eval mode), batched."""
-  n = images.shape[0]
-  batch_size = min(batch_size, n)
-  num_batches = -(-n // batch_size)
-  pad = num_batches * batch_size - n
-  images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
-  labels = jnp.pad(labels, (0, pad), constant_values=-1)
 
   def one(batch):
     x, y = batch
-    logits, _ = apply_fn(variables, x.astype(jnp.float32) / 255.0, False)
-    valid = y >= 0
+    logits, _ = apply_fn(variables, train_lib.as_float(x), False)
+    valid = y >= 0  # Padding is labelled -1.
     loss = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.maximum(y, 0))
     return (jnp.sum(jnp.where(valid, loss, 0.0)),
             jnp.sum((logits.argmax(-1) == y) & valid, dtype=jnp.int32))
 
   losses, correct = jax.lax.map(
-      one, (images.reshape((num_batches, batch_size) + images.shape[1:]),
-            labels.reshape(num_batches, batch_size)))
+      one, train_lib.padded_batches(images, labels, batch_size))
   return losses.sum(), correct.sum()
 
 

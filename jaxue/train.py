@@ -211,14 +211,13 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
   return state, jax.tree.map(jnp.mean, metrics)
 
 
-def count_correct(apply_fn: Callable[..., Any], variables: Variables,
-                  images: jax.Array, labels: jax.Array, *,
-                  batch_size: int = 1000) -> jax.Array:
-  """Exact number of correct eval-mode predictions over the whole set.
+def padded_batches(images: jax.Array, labels: jax.Array, batch_size: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """The whole set as (num_batches, batch, ...) for a `lax.map`.
 
-  Traceable: the set is streamed in batches with `lax.map`; the last batch is
-  padded and masked, so no tail is dropped (unlike the reference's
-  ``drop_last``).
+  Traceable. The last batch is padded with zero images whose label is -1,
+  so a sum over batches can mask the padding and no tail is dropped
+  (unlike the reference's ``drop_last``).
   """
   n = images.shape[0]
   batch_size = min(batch_size, n)
@@ -226,8 +225,19 @@ def count_correct(apply_fn: Callable[..., Any], variables: Variables,
   pad = num_batches * batch_size - n
   images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
   labels = jnp.pad(labels, (0, pad), constant_values=-1)
-  images = images.reshape(num_batches, batch_size, *images.shape[1:])
-  labels = labels.reshape(num_batches, batch_size)
+  return (images.reshape(num_batches, batch_size, *images.shape[1:]),
+          labels.reshape(num_batches, batch_size))
+
+
+def count_correct(apply_fn: Callable[..., Any], variables: Variables,
+                  images: jax.Array, labels: jax.Array, *,
+                  batch_size: int = 1000) -> jax.Array:
+  """Exact number of correct eval-mode predictions over the whole set.
+
+  Traceable: the set is streamed in batches with `lax.map`; the last batch is
+  padded and masked (`padded_batches`).
+  """
+  images, labels = padded_batches(images, labels, batch_size)
 
   def batch_correct(batch):
     x, y = batch
