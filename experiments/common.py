@@ -135,7 +135,7 @@ def metadata(args: argparse.Namespace | None = None) -> dict[str, Any]:
       "python": platform.python_version(),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
-      "config": {k: _jsonable(v) for k, v in vars(args).items()}
+      "config": {k: jsonable(v) for k, v in vars(args).items()}
       if args is not None else {},
   }
 
@@ -148,11 +148,13 @@ def _module_name() -> str:
   return sys.argv[0]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+  """An argparse value as JSON can hold it: Paths as strings, tuples as
+  lists (recursively)."""
   if isinstance(value, pathlib.Path):
     return str(value)
   if isinstance(value, (tuple, list)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   return value
 
 

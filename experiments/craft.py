@@ -200,7 +200,7 @@ def _resume_config(args: argparse.Namespace) -> dict:
           "seed", "sigma", "sigma_step", "surrogate_draws", "noise_draws")
   if args.method == "rem":
     keys += REM_FLAGS
-  return {k: common._jsonable(getattr(args, k)) for k in keys}  # pylint: disable=protected-access
+  return {k: common.jsonable(getattr(args, k)) for k in keys}
 
 
 @common.cli
