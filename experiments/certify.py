@@ -128,6 +128,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if not 0 < args.confidence < 1:
     raise common.UsageError(
         f"--confidence must be in (0, 1), got {args.confidence}")
+  if args.simultaneous == "dkw" and args.confidence < 0.5:
+    raise common.UsageError(
+        f"--simultaneous dkw needs --confidence >= 0.5 (Massart's condition "
+        f"for the one-sided DKW bound), got {args.confidence}")
   for sigma in (args.sigma,) + args.sigma_sweep:
     if not (math.isfinite(sigma) and sigma > 0):
       raise common.UsageError(f"sigma must be a finite number > 0, got "

@@ -575,6 +575,8 @@ def learnability_curve(accuracies: Any, *, q: float, sigma: float,
     Dvoretzky–Kiefer–Wolfowitz–Massart inequality
     P(sup_x (F_N(x) − F(x)) > ε) ≤ exp(−2Nε²) = 1 − c, so with probability
     ≥ c the bound holds for every η ≥ 0 (every q̄) at once, not just the grid.
+    Massart proves the one-sided form for exp(−2Nε²) ≤ 1/2, so this mode
+    needs c ≥ 1/2.
 
   Abstentions make no claim. Through the smoothing theorem each
   value(η) ≥ Q(q̄(η))
@@ -606,6 +608,10 @@ def learnability_curve(accuracies: Any, *, q: float, sigma: float,
     c = 1.0 - (1.0 - confidence) / len(etas)
     ranks = [_binomial_rank(n, _tail(q, sigma, e), c) for e in etas]
   elif simultaneous == "dkw":
+    if confidence < 0.5:
+      raise ValueError(
+          f"simultaneous='dkw' needs confidence >= 0.5 (Massart's condition "
+          f"for the one-sided DKW bound), got {confidence}")
     mode = "dkw"
     ranks = [_dkw_rank(n, _tail(q, sigma, e), confidence) for e in etas]
   else:
@@ -640,10 +646,14 @@ def min_draws(*, q: float, sigma: float, eta: float,
   """
   _check_level(q, sigma, eta, confidence)
   tail = _tail(q, sigma, eta)
-  if tail <= 0.0:
+  ratio = (math.log1p(-confidence) / math.log1p(-tail) if tail > 0.0
+           else math.inf)
+  if not math.isfinite(ratio):
+    # 1 − q̄ is 0 or so small (subnormal) that log(1 − c)/log q̄ overflows.
     raise ValueError(
-        f"1 - q̄ underflows to 0 at eta/sigma = {eta / sigma}: no finite N")
-  n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-tail)))
+        f"1 - q̄ = {tail:.3g} at eta/sigma = {eta / sigma}: the minimum "
+        "number of draws is not a finite float; lower eta or raise sigma")
+  n = max(1, math.ceil(ratio))
   if n < 2**53:
     def ok(m: int) -> bool:  # The bound's own test at k = N.
       return bool(stats.binom.sf(0, m, tail) > confidence)

@@ -144,6 +144,27 @@ def test_bound_matches_independent_loop():
   assert abstained > 10 and certified > 10
 
 
+def test_rank_is_the_first_index_with_coverage():
+  # Pins the index exactly: coverage BinomCDF(k - 1; N, q̄) > c at k, and
+  # not at k - 1 unless k - 1 is below ⌈q̄N⌉ (an off-by-one fails here).
+  rng = np.random.default_rng(5)
+  checked = 0
+  for _ in range(400):
+    n = int(rng.integers(1, 4000))
+    q, sigma = float(rng.uniform(0.05, 0.99)), float(rng.uniform(0.05, 2.0))
+    eta, c = float(rng.uniform(0, 1.0)), float(rng.uniform(0.5, 0.999))
+    k = certify.certified_rank(n, q=q, sigma=sigma, eta=eta, confidence=c)
+    q_bar = stats.norm.cdf(stats.norm.ppf(q) + eta / sigma)
+    if k is None:
+      assert stats.binom.cdf(n - 1, n, q_bar) <= c + 1e-12
+      continue
+    checked += 1
+    assert stats.binom.cdf(k - 1, n, q_bar) > c
+    if k - 1 >= math.ceil(round(q_bar * n, 7)):
+      assert stats.binom.cdf(k - 2, n, q_bar) <= c
+  assert checked > 100
+
+
 def test_ceil_tolerance_at_integer_q_bar_n():
   # q = 0.9, η = 0: q̄N = 900.0000000000001 in float64; k must start at 900.
   n, c = 1000, 0.01
@@ -458,6 +479,14 @@ def test_accuracy_and_mode_errors():
     certify.certified_rank(0, q=0.9, sigma=0.25, eta=0.1)
   with pytest.raises(ValueError, match="simultaneous"):
     certify.learnability_curve([0.5], q=0.9, sigma=0.25, simultaneous="bonf")
+  with pytest.raises(ValueError, match="Massart"):
+    certify.learnability_curve([0.5], q=0.9, sigma=0.25, confidence=0.3,
+                               simultaneous="dkw")
+  # 1 - q̄ is subnormal here: log(1 - c)/log q̄ overflows, a clear error.
+  with pytest.raises(ValueError, match="not a finite float"):
+    certify.min_draws(q=0.9, sigma=0.25, eta=9.06)
+  with pytest.raises(ValueError, match="not a finite float"):
+    certify.min_draws(q=0.9, sigma=0.25, eta=20.0)
 
 
 def test_sampling_errors():

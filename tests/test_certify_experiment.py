@@ -105,6 +105,16 @@ def test_bad_flags_exit_2(setup, flag, value, capsys):
   assert err.startswith("error:") and len(err.strip().splitlines()) == 1
 
 
+def test_dkw_needs_confidence_of_a_half(setup, capsys):
+  tmp, data_dir = setup
+  with pytest.raises(SystemExit) as e:
+    certify_exp.main(_args(tmp, data_dir, tmp / "bad", "--simultaneous",
+                           "dkw", "--confidence", "0.3"))
+  assert e.value.code == 2
+  assert "Massart" in capsys.readouterr().err
+  assert not (tmp / "bad" / "results.json").exists()
+
+
 def test_missing_checkpoint_is_named(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
     certify_exp.main(["--checkpoint", str(tmp_path / "nope"), "--out",
