@@ -68,6 +68,18 @@ def nonnegative_int(text: str) -> int:
   return _int_at_least(text, 0)
 
 
+def positive_float(text: str) -> float:
+  """A finite number > 0 (learning rates, sigma)."""
+  try:
+    value = float(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
+  if not (np.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(
+        f"must be a finite number > 0, got {text!r}")
+  return value
+
+
 def float_list(text: str) -> tuple[float, ...]:
   """Comma-separated finite numbers; ``""`` gives an empty tuple."""
   try:
@@ -167,6 +179,10 @@ def cli(main: Callable[[Sequence[str] | None], Any]
   def wrapper(argv: Sequence[str] | None = None) -> Any:
     try:
       return main(argv)
+    except (FileExistsError, NotADirectoryError) as e:
+      print(f"error: {e.filename} is a file where a folder is needed "
+            "(check --out)", file=sys.stderr)
+      raise SystemExit(2) from None
     except (UsageError, ValueError, FileNotFoundError) as e:
       message = str(e).strip().replace("\n", " ")
       print(f"error: {message}", file=sys.stderr)
@@ -191,6 +207,9 @@ def load_data(dataset: str, data_dir: str | None, train_size: int | None,
   x_train, y_train = data_lib.load(dataset, "train", data_dir)
   x_test, y_test = data_lib.load(dataset, "test", data_dir)
   indices = np.arange(len(y_train))
+  if train_size is not None and train_size > len(y_train):
+    raise UsageError(f"--train-size {train_size} exceeds the {len(y_train)} "
+                     f"images of the {dataset} training set")
   if train_size is not None and train_size < len(y_train):
     indices = data_lib.stratified_subset(
         jax.random.key(seed), y_train, train_size,

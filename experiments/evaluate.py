@@ -26,6 +26,7 @@ import argparse
 from collections.abc import Callable, Sequence
 import pathlib
 from typing import NamedTuple
+import zipfile
 
 import jax
 import numpy as np
@@ -71,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="model widths (default: published; e.g. 16,32,64)")
   p.add_argument("--epochs", type=common.positive_int, default=8)
   p.add_argument("--batch-size", type=common.positive_int, default=128)
-  p.add_argument("--learning-rate", type=float, default=0.1)
+  p.add_argument("--learning-rate", type=common.positive_float,
+                 default=0.1)
   p.add_argument("--augment", action="store_true",
                  help="random crop (+ flip for colour images) while "
                  "training")
@@ -132,6 +134,9 @@ def released_file(path: pathlib.Path) -> pathlib.Path:
     raise FileNotFoundError(
         f"no released dataset at {path}; create one with "
         "python -m experiments.craft --out DIR")
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"{path} is not a .npz archive (a released dataset "
+                     "from experiments.craft)")
   return path
 
 
@@ -143,6 +148,8 @@ def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f"{path} has no 'images' and 'labels' arrays")
     images, labels = f["images"], f["labels"]
   data_lib.check_dataset(images, labels)
+  if not len(labels):
+    raise ValueError(f"{path} holds no images")
   return images, labels.astype(np.int32)
 
 
@@ -161,6 +168,12 @@ def clean_originals(path: pathlib.Path, dataset: str,
           "the clean training set, which experiments.craft stores); "
           "--poison-ratio and experiments.noise_features need them")
     indices = f["train_indices"]
+  if not np.issubdtype(indices.dtype, np.integer):
+    raise ValueError(f"{path}: train_indices must be integers, got "
+                     f"{indices.dtype}")
+  if indices.ndim != 1 or indices.min(initial=0) < 0:
+    raise ValueError(f"{path}: train_indices must be a 1-D array of "
+                     "positions >= 0 in the clean training set")
   x_train, y_train = clean_train
   if len(indices) != len(labels) or indices.max(initial=0) >= len(y_train):
     raise ValueError(f"{path}: its train_indices do not fit the {dataset} "

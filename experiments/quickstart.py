@@ -80,8 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   noise_lib.check_epsilon(args.epsilon)
-  if args.sigma <= 0:
-    raise common.UsageError(f"--sigma must be > 0, got {args.sigma}")
+  if not (np.isfinite(args.sigma) and args.sigma > 0):
+    raise common.UsageError(
+        f"--sigma must be a finite number > 0, got {args.sigma}")
   return args
 
 

@@ -59,7 +59,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--epochs", type=common.positive_int,
                  default=recover.DEFAULT_EPOCHS)
   p.add_argument("--batch-size", type=common.positive_int, default=128)
-  p.add_argument("--learning-rate", type=float, default=0.01)
+  p.add_argument("--learning-rate", type=common.positive_float,
+                 default=0.01)
   p.add_argument("--weight-decay", type=float, default=5e-4)
   p.add_argument("--project", choices=recover.PROJECTIONS, default="ball",
                  help="'sphere' reproduces the reference code's quirk")

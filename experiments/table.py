@@ -154,6 +154,22 @@ def source_dirs(args: argparse.Namespace) -> dict[str, pathlib.Path]:
   return folders
 
 
+def _crafted_source(method: str, folder: pathlib.Path) -> dict[str, Any]:
+  """The ``results.json`` of a ``--from METHOD=DIR`` folder, checked to hold
+  METHOD's release (its own budget goes into the table's budget column)."""
+  summary = folder / "results.json"
+  if not summary.is_file() or not (folder / "released.npz").is_file():
+    raise common.UsageError(
+        f"--from {method}={folder}: no experiments.craft output there "
+        "(results.json and released.npz)")
+  info = json.loads(summary.read_text())
+  if info.get("method") != method:
+    raise common.UsageError(
+        f"--from {method}={folder} holds a {info.get('method')!r} release, "
+        f"not {method!r}")
+  return info
+
+
 def _common_flags(args: argparse.Namespace) -> list[str]:
   flags = ["--dataset", args.dataset, "--seed", str(args.seed)]
   if args.data_dir:
@@ -297,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     released = None
     if method in sources:
       released = sources[method]
-      crafted[method] = json.loads((released / "results.json").read_text())
+      crafted[method] = _crafted_source(method, released)
     elif method != "clean":
       released = cells / "craft" / method
       print(f"== crafting {method}")

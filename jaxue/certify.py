@@ -226,6 +226,26 @@ def _check_test_set(images: Any, labels: Any) -> None:
     raise ValueError("the test set is empty")
 
 
+def _check_model_fits(apply_fn: ApplyFn, variables: dict[str, Any],
+                      images: Any, labels: Any) -> None:
+  """The model takes these images, and the labels index its logits."""
+  one = jax.ShapeDtypeStruct((1,) + tuple(images.shape[1:]), jnp.float32)
+  try:
+    logits = jax.eval_shape(lambda v, x: apply_fn(v, x, False)[0],
+                            variables, one)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"the model cannot be applied to images of shape "
+        f"{tuple(images.shape[1:])}: {type(e).__name__}") from e
+  num_classes = logits.shape[-1]
+  # jnp, not np: a multi-host global array is not addressable as a whole.
+  lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
+  if lo < 0 or hi >= num_classes:
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}) for this model's "
+        f"{num_classes} logits, got [{lo}, {hi}]")
+
+
 def sample_accuracies(
     key: jax.Array,
     apply_fn: ApplyFn,
@@ -320,6 +340,7 @@ def sample_accuracies(
       raise ValueError(f"{name} must be an integer >= 1, got {value}")
   if not isinstance(variables, dict) or "params" not in variables:
     raise ValueError("variables must be a dict with a 'params' entry")
+  _check_model_fits(apply_fn, variables, images, labels)
   if mesh is None:
     if data_axis is not None:
       raise ValueError("data_axis needs a mesh")

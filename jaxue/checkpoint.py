@@ -108,12 +108,22 @@ def load_model(path: PathLike
     raise FileNotFoundError(
         f"{path} is not a jaxue model checkpoint (no model.json); write one "
         "with jaxue.checkpoint.save_model or experiments.craft/evaluate")
-  description = json.loads(spec_path.read_text())
-  model = models_lib.make_model(**description["model"])
-  shape = tuple(description["input_shape"])
+  try:
+    description = json.loads(spec_path.read_text())
+    model = models_lib.make_model(**description["model"])
+    shape = tuple(description["input_shape"])
+  except (json.JSONDecodeError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"{spec_path} is not a jaxue model description (expected JSON with "
+        f"'model' and 'input_shape', as save_model writes): {e!r}") from None
   like = jax.eval_shape(lambda k: model.init(k, shape), jax.random.key(0))
   like = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
   variables = restore_pytree(path / "variables", like)
+  restored = jax.tree.map(np.shape, variables)
+  if restored != jax.tree.map(np.shape, like):
+    raise ValueError(
+        f"{path}: the saved variables do not match the model in "
+        f"model.json ({description['model']}, input {shape})")
   return model, variables, description
 
 

@@ -69,6 +69,9 @@ def cutout(key: jax.Array, images: jax.Array, *, size: int) -> jax.Array:
   if int(size) != size or size < 1:
     raise ValueError(f"cutout size must be an integer >= 1, got {size}")
   n, h, w, _ = images.shape
+  if size > max(h, w):
+    raise ValueError(f"cutout size {size} exceeds the {h}x{w} images "
+                     "(every image would be blanked)")
   row_key, col_key = jax.random.split(key)
   top = jax.random.randint(row_key, (n,), 0, h) - size // 2
   left = jax.random.randint(col_key, (n,), 0, w) - size // 2
@@ -267,6 +270,9 @@ def make_defence(name: str, image_shape: Sequence[int], num_classes: int, *,
     return Defence(name, augment=data_lib.default_augmentation(image_shape))
   if name == "cutout":
     size = cutout_size or max(1, min(image_shape[:2]) // 2)
+    if size > max(image_shape[:2]):
+      raise ValueError(f"cutout size {size} exceeds the "
+                       f"{image_shape[0]}x{image_shape[1]} images")
     return Defence(name, augment=functools.partial(cutout, size=size))
   if name in ("mixup", "cutmix"):
     mixer = mixup if name == "mixup" else cutmix

@@ -425,6 +425,9 @@ def make_model(name: str = "small_cnn", *, num_classes: int = 10,
         f"unknown conv impl {conv_impl!r}; choose one of {CONV_IMPLS}")
   if num_classes < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+  if widths is not None and not all(
+      int(w) == w and w >= 1 for w in widths):
+    raise ValueError(f"widths must be integers >= 1, got {tuple(widths)}")
   if name == "small_cnn":
     widths = tuple(widths or (64, 128, 256))
     module = SmallCNN(num_classes=num_classes, widths=widths,
