@@ -11,7 +11,8 @@ initialisations, this trains the clean surrogate twice on the same subset
 default and as the reference trains the model its error-max attacks, and
 without), crafts untargeted sample-wise noise against each, and trains
 ``--seeds`` standard victims (no augmentation) on every release. The
-clean victims use the same victim keys. Surrogate i of both kinds starts from the same initialisation.
+clean victims use the same victim keys. Surrogate i of both kinds starts
+from the same initialisation.
 
 Each cell is saved to ``--out/cells/`` when done, so an interrupted run
 resumes where it stopped; ``--out/results.json`` has every victim accuracy.

@@ -525,8 +525,9 @@ def autoregressive_noise(key: jax.Array, labels: np.ndarray,
   images and channels, jitted), the first ``crop`` rows and columns are
   cut off so no start value survives (the authors' code draws 36x36 and
   crops to 32x32 on CIFAR), and the (C, H, W) field is scaled to an L2
-  norm of exactly ``epsilon`` (1.0 on CIFAR-10 in the paper). The recursion is linear, so
-  the scaled noise still follows it exactly (see `ar_residual`).
+  norm of exactly ``epsilon`` (1.0 on CIFAR-10 in the paper). The
+  recursion is linear, so the scaled noise still follows it exactly (see
+  `ar_residual`).
 
   Values can only leave [-1, 1] when epsilon > 1; they are then clipped
   (which only lowers the norm).

@@ -70,8 +70,7 @@ def cutout(key: jax.Array, images: jax.Array, *, size: int) -> jax.Array:
     raise ValueError(f"cutout size must be an integer >= 1, got {size}")
   n, h, w, _ = images.shape
   if size > max(h, w):
-    raise ValueError(f"cutout size {size} exceeds the {h}x{w} images "
-                     "(every image would be blanked)")
+    raise ValueError(f"cutout size {size} exceeds the {h}x{w} images")
   row_key, col_key = jax.random.split(key)
   top = jax.random.randint(row_key, (n,), 0, h) - size // 2
   left = jax.random.randint(col_key, (n,), 0, w) - size // 2
