@@ -153,10 +153,10 @@ def load_released(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   return images, labels.astype(np.int32)
 
 
-def clean_originals(path: pathlib.Path, dataset: str,
-                    clean_train: tuple[np.ndarray, np.ndarray],
-                    labels: np.ndarray) -> np.ndarray:
-  """The clean training images a release was made from (by the
+def train_indices(path: pathlib.Path, dataset: str,
+                  clean_train: tuple[np.ndarray, np.ndarray],
+                  labels: np.ndarray) -> np.ndarray:
+  """The positions in the clean training set of a release's images (the
   ``train_indices`` that `experiments.craft` stores), checked by label.
 
   ``clean_train`` is the whole clean training set of ``dataset``."""
@@ -181,7 +181,14 @@ def clean_originals(path: pathlib.Path, dataset: str,
   if not np.array_equal(y_train[indices], labels):
     raise ValueError(f"{path}: its labels do not match the {dataset} "
                      "training images at its train_indices")
-  return x_train[indices]
+  return indices
+
+
+def clean_originals(path: pathlib.Path, dataset: str,
+                    clean_train: tuple[np.ndarray, np.ndarray],
+                    labels: np.ndarray) -> np.ndarray:
+  """The clean training images a release was made from (`train_indices`)."""
+  return clean_train[0][train_indices(path, dataset, clean_train, labels)]
 
 
 @common.cli

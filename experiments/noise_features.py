@@ -93,11 +93,6 @@ def _craft_summary(path: pathlib.Path) -> dict:
           if k in saved}
 
 
-def _train_indices(path: pathlib.Path) -> np.ndarray:
-  with np.load(evaluate.released_file(path)) as f:
-    return f["train_indices"]
-
-
 def reference_model(args: argparse.Namespace, clean_train, test, excluded,
                     num_classes: int):
   """The reference model: given, cached in ``--out/reference``, or trained
@@ -150,13 +145,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
   info = data_lib.get_info(args.dataset)
   clean_train = data_lib.load(args.dataset, "train", args.data_dir)
   test = data_lib.load(args.dataset, "test", args.data_dir)
-  releases = {}
+  releases, excluded = {}, []
   for name, path in args.released:
     released, labels = evaluate.load_released(path)
-    clean = evaluate.clean_originals(path, args.dataset, clean_train, labels)
-    releases[name] = (path, released, labels, clean)
-  excluded = np.unique(np.concatenate(
-      [_train_indices(path) for path, *_ in releases.values()]))
+    indices = evaluate.train_indices(path, args.dataset, clean_train, labels)
+    releases[name] = (path, released, labels, clean_train[0][indices])
+    excluded.append(indices)
+  excluded = np.unique(np.concatenate(excluded))
   model, variables, reference = reference_model(
       args, clean_train, test, excluded, info.num_classes)
   directions = diagnostics.class_directions(*clean_train,

@@ -41,6 +41,10 @@ def _check_pair(clean: np.ndarray, released: np.ndarray,
                 labels: np.ndarray) -> None:
   data_lib.check_dataset(np.asarray(clean), np.asarray(labels))
   data_lib.check_dataset(np.asarray(released), np.asarray(labels))
+  _check_same_shape(clean, released)
+
+
+def _check_same_shape(clean: np.ndarray, released: np.ndarray) -> None:
   if clean.shape != released.shape:
     raise ValueError(f"clean and released images differ in shape: "
                      f"{clean.shape} vs {released.shape}")
@@ -56,9 +60,7 @@ def effective_noise(clean: np.ndarray, released: np.ndarray) -> np.ndarray:
   if clean.dtype != np.uint8 or released.dtype != np.uint8:
     raise ValueError(f"images must be uint8, got {clean.dtype} and "
                      f"{released.dtype}")
-  if clean.shape != released.shape:
-    raise ValueError(f"clean and released images differ in shape: "
-                     f"{clean.shape} vs {released.shape}")
+  _check_same_shape(clean, released)
   return (released.astype(np.float32) - clean.astype(np.float32)) / 255.0
 
 
