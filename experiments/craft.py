@@ -45,7 +45,6 @@ import numpy as np
 from experiments import common
 from jaxue import baselines
 from jaxue import checkpoint
-from jaxue import data as data_lib
 from jaxue import models
 from jaxue import noise as noise_lib
 from jaxue import pue as pue_lib
@@ -402,29 +401,15 @@ def _craft_rem(args, ds, model, init_key, craft_key):
 def _craft_error_max(args, ds, model, init_key, craft_key):
   """A clean surrogate, then sample-wise PGD against it."""
   x_train, y_train = ds["train"]
-  # The reference's error-max (perturbation.py --attack_type min-max
-  # --load_model) attacks a model trained by its main.py, whose train
-  # transform is random crop and flip on CIFAR-10; only the crafting itself
-  # runs on unaugmented images, as here. It matters: on the
-  # Fashion-MNIST subset, noise from 3 such surrogates left victims at 0.53
-  # on average, from 3 unaugmented ones at 0.65 (0.62 against 0.73 after 20
-  # epochs; README, issue 4).
-  augment = (data_lib.default_augmentation(x_train.shape[1:])
-             if args.surrogate_augment else None)
-  surrogate, history = train.train_victim(
-      init_key, model, x_train, y_train, test=ds["test"],
-      epochs=args.clean_epochs, augment=augment, progress="clean surrogate")
-  print(f"clean surrogate: test accuracy {history['test_accuracy'][-1]:.3f}")
-  targeted = args.method == "error-max-targeted"
-  steps = args.pgd_steps if args.pgd_steps is not None else 20
-  delta = noise_lib.error_maximizing_noise(
-      craft_key, surrogate, x_train, y_train,
-      num_classes=ds["num_classes"], epsilon=args.epsilon, steps=steps,
-      targeted=targeted)
-  summary = {"targeted": targeted, "clean_epochs": args.clean_epochs,
-             "surrogate_augment": args.surrogate_augment,
-             "surrogate_test_accuracy": history["test_accuracy"][-1],
-             "pgd_steps": steps}
+  delta, surrogate, summary = noise_lib.error_max_from_clean(
+      init_key, craft_key, model, x_train, y_train, test=ds["test"],
+      num_classes=ds["num_classes"], epsilon=args.epsilon,
+      clean_epochs=args.clean_epochs,
+      surrogate_augment=args.surrogate_augment,
+      steps=args.pgd_steps if args.pgd_steps is not None else 20,
+      targeted=args.method == "error-max-targeted")
+  print("clean surrogate: test accuracy "
+        f"{summary['surrogate_test_accuracy']:.3f}")
   return delta, surrogate, summary
 
 

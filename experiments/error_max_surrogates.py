@@ -31,7 +31,6 @@ import numpy as np
 
 from experiments import common
 from jaxue import checkpoint
-from jaxue import data as data_lib
 from jaxue import models
 from jaxue import noise as noise_lib
 from jaxue import train
@@ -73,19 +72,16 @@ def run_cell(args, name: str, surrogate: int | None, augment: bool,
   cell = {"name": name}
   images = x_train
   if surrogate is not None:
-    state, history = train.train_victim(
-        jax.random.fold_in(key, 1000 + surrogate), model, x_train, y_train,
-        test=data["test"], epochs=args.clean_epochs,
-        augment=(data_lib.default_augmentation(data["image_shape"])
-                 if augment else None),
+    delta, _, summary = noise_lib.error_max_from_clean(
+        jax.random.fold_in(key, 1000 + surrogate),
+        jax.random.fold_in(key, 2000 + surrogate), model, x_train, y_train,
+        test=data["test"], num_classes=data["num_classes"],
+        epsilon=args.epsilon, clean_epochs=args.clean_epochs,
+        surrogate_augment=augment, steps=args.pgd_steps,
         progress=f"{name} surrogate")
-    delta = noise_lib.error_maximizing_noise(
-        jax.random.fold_in(key, 2000 + surrogate), state, x_train, y_train,
-        num_classes=data["num_classes"], epsilon=args.epsilon,
-        steps=args.pgd_steps)
     images = noise_lib.release(x_train, y_train, delta, epsilon=args.epsilon)
     cell.update(surrogate=surrogate, surrogate_augment=augment,
-                surrogate_test_accuracy=history["test_accuracy"][-1],
+                surrogate_test_accuracy=summary["surrogate_test_accuracy"],
                 craft_seconds=round(time.perf_counter() - start, 1))
   _, histories = train.train_victims(
       key, model, images, y_train, seeds=args.seeds, test=data["test"],
