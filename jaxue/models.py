@@ -310,11 +310,18 @@ class SmallCNN(nn.Module):
   Three blocks of conv3x3 - BN - ReLU - 2x2 max-pool, global average pooling
   and a linear classifier. ``widths=(64, 128, 256)`` is the published model;
   CPU experiments use narrower ones, e.g. ``(16, 32, 64)``.
+
+  ``global_pool=False`` (`make_model("small_cnn_flat")`, not in the paper)
+  flattens the last feature map into the classifier instead of averaging
+  it, so the classifier sees where a feature is, not only that it is there:
+  a victim architecture for position-coded shortcuts such as OPS on
+  grayscale data, whose classes differ only in where their one pixel is.
   """
 
   num_classes: int = 10
   widths: Sequence[int] = (64, 128, 256)
   conv_impl: str = "auto"
+  global_pool: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -323,7 +330,7 @@ class SmallCNN(nn.Module):
       x = _BN(use_running_average=not train)(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
-    x = x.mean(axis=(1, 2))
+    x = x.mean(axis=(1, 2)) if self.global_pool else x.reshape(len(x), -1)
     return nn.Dense(self.num_classes)(x)
 
 
@@ -402,7 +409,7 @@ def functional(module: nn.Module, name: str) -> Model:
                num_classes=module.num_classes, name=name)
 
 
-MODELS = ("small_cnn", "resnet18")
+MODELS = ("small_cnn", "small_cnn_flat", "resnet18")
 
 
 def make_model(name: str = "small_cnn", *, num_classes: int = 10,
@@ -411,7 +418,8 @@ def make_model(name: str = "small_cnn", *, num_classes: int = 10,
   """Builds a functional model by name.
 
   Args:
-    name: ``"small_cnn"`` or ``"resnet18"``.
+    name: ``"small_cnn"``, ``"small_cnn_flat"`` (the small CNN with its
+      last feature map flattened instead of averaged) or ``"resnet18"``.
     num_classes: number of classes.
     widths: channel widths per block/stage; ``None`` for the published ones
       (64/128/256 for the small CNN, 64-512 for ResNet-18).
@@ -428,10 +436,10 @@ def make_model(name: str = "small_cnn", *, num_classes: int = 10,
   if widths is not None and not all(
       int(w) == w and w >= 1 for w in widths):
     raise ValueError(f"widths must be integers >= 1, got {tuple(widths)}")
-  if name == "small_cnn":
+  if name in ("small_cnn", "small_cnn_flat"):
     widths = tuple(widths or (64, 128, 256))
     module = SmallCNN(num_classes=num_classes, widths=widths,
-                      conv_impl=conv_impl)
+                      conv_impl=conv_impl, global_pool=name == "small_cnn")
   elif name == "resnet18":
     widths = tuple(widths or (64, 128, 256, 512))
     if len(widths) != 4:

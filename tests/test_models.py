@@ -11,12 +11,13 @@ from jaxue import models
 @pytest.mark.parametrize("name,shape,classes", [
     ("small_cnn", (28, 28, 1), 10),
     ("small_cnn", (32, 32, 3), 100),
+    ("small_cnn_flat", (28, 28, 1), 10),
     ("resnet18", (32, 32, 3), 10),
     ("resnet18", (28, 28, 1), 10),
 ])
 def test_output_shapes_both_modes(name, shape, classes):
   model = models.make_model(name, num_classes=classes,
-                            widths=(4, 8, 8) if name == "small_cnn"
+                            widths=(4, 8, 8) if name.startswith("small_cnn")
                             else (4, 4, 8, 8))
   variables = model.init(jax.random.key(0), shape)
   x = jnp.full((3, *shape), 0.5, jnp.float32)
@@ -44,6 +45,22 @@ def test_published_widths_and_param_count():
       jax.random.key(0))
   n = sum(np.prod(x.shape) for x in jax.tree.leaves(resnet["params"]))
   assert 11.1e6 < n < 11.2e6  # The CIFAR ResNet-18 has 11.17M parameters.
+
+
+def test_flat_head_differs_from_small_cnn_only_in_its_classifier():
+  """small_cnn_flat: the same blocks, the last map (3x3 for 28x28 inputs)
+  flattened into the classifier instead of averaged."""
+  shapes = {name: jax.eval_shape(
+      lambda k, name=name: models.make_model(name, widths=(4, 8, 6)).init(
+          k, (28, 28, 1)), jax.random.key(0))["params"]
+            for name in ("small_cnn", "small_cnn_flat")}
+  dense = {name: p.pop("Dense_0")["kernel"].shape
+           for name, p in shapes.items()}
+  assert dense == {"small_cnn": (6, 10), "small_cnn_flat": (3 * 3 * 6, 10)}
+  assert jax.tree.map(lambda a: a.shape, shapes["small_cnn"]) == jax.tree.map(
+      lambda a: a.shape, shapes["small_cnn_flat"])
+  flat = models.make_model("small_cnn_flat", widths=(4, 8, 6))
+  assert flat.name == "small_cnn_flat(4,8,6)"
 
 
 @pytest.mark.parametrize("impl", ["im2col", "hybrid"])
