@@ -262,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       "training_data": "clean" if args.clean else str(args.released),
       "train_size": len(y_train), "test_size": len(y_test),
       "image_shape": list(x_train.shape[1:]),
+      "model": model_spec,
       "epochs": args.epochs, "augment": args.augment,
       "defence": args.defence, "poison_ratio": args.poison_ratio,
       "protected_images": protected,

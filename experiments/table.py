@@ -23,8 +23,11 @@ mean over ``--seeds``, spread, per seed; the crafting wall times; every
 setting), ``table.md`` and ``heatmap.png``.
 
 Every cell lives in its own folder under ``--cells`` (default ``--out``:
-``craft/METHOD``, ``victims/METHOD-DEFENCE``) and is skipped when rerun with
-the same settings, also by another table over the same cells; an interrupted
+``craft/METHOD``, ``victims/METHOD-DEFENCE``; victims of another
+``--victim-model`` under ``victims-MODEL/``) and is skipped when rerun with
+the same settings, also by another table over the same cells (so
+``--cells`` of an earlier table and ``--victim-model small_cnn_flat`` test
+its releases against another victim without crafting them again); an interrupted
 REM or EM crafting run resumes from its last checkpoint. The defaults are
 the published settings; on a 2-core CPU scale down with ``--train-size``,
 ``--widths``, ``--rem-train-steps``, ``--eot-draws``, ``--attack-steps``,
@@ -49,6 +52,7 @@ from experiments import evaluate
 from experiments import figures
 from jaxue import checkpoint
 from jaxue import defences as defences_lib
+from jaxue import models
 from jaxue import noise as noise_lib
 
 DEFAULT_METHODS = ("clean", "random", "em-samplewise", "em-classwise", "rem",
@@ -90,6 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="noise budget rho_u of every method (default 8/255)")
   p.add_argument("--epochs", type=common.positive_int, default=8,
                  help="victim epochs (default 8)")
+  p.add_argument("--victim-model", default="small_cnn", choices=models.MODELS,
+                 help="victims' architecture, with --widths (default "
+                 "small_cnn, that of the surrogates)")
   p.add_argument("--seeds", type=common.positive_int, default=2,
                  help="victims per cell (default 2)")
   p.add_argument("--adv-steps", type=common.nonnegative_int, default=10,
@@ -217,6 +224,8 @@ def victim_argv(args: argparse.Namespace, defence: str,
     argv += ["--released", str(released)]
     if args.poison_ratio < 1:
       argv += ["--poison-ratio", repr(args.poison_ratio)]
+  if args.victim_model != "small_cnn":
+    argv += ["--model", args.victim_model]
   if defence == "adversarial":
     argv += ["--adversarial", "--adv-radius", repr(args.rho_a),
              "--adv-steps", str(args.adv_steps)]
@@ -277,8 +286,11 @@ def markdown(results: dict[str, Any]) -> str:
   lines.append("")
   protected = ("" if results["poison_ratio"] == 1 else
                f" ({results['poison_ratio']:.0%} of them protected)")
+  victim = {"small_cnn": "small CNN", "small_cnn_flat": "small CNN with a "
+            "flattened head"}.get(results.get("victim_model", "small_cnn"),
+                                  results.get("victim_model"))
   notes = [
-      f"Clean test accuracy of victims (small CNN "
+      f"Clean test accuracy of victims ({victim} "
       f"{results['model']['widths']}, {results['epochs']} epochs, mean over "
       f"{results['seeds']} seeds) trained on {results['train_size']} "
       f"{results['dataset']} images{protected}; L-inf eps = rho_u = "
@@ -309,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   sources = source_dirs(args)
   accuracy, spread, per_seed, crafted, craft_seconds = {}, {}, {}, {}, {}
   train_size = channels = None
+  victims_dir = ("victims" if args.victim_model == "small_cnn"
+                 else f"victims-{args.victim_model}")
   for method in args.method_list:
     released = None
     if method in sources:
@@ -329,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for defence in args.defence_list:
       # "standard" is "none": one cell under either name.
       cell = "none" if defence == "standard" else defence
-      out = cells / "victims" / f"{method}-{cell}"
+      out = cells / victims_dir / f"{method}-{cell}"
       print(f"== victims: {method}, defence {defence}")
       victims = run_cached(evaluate,
                            victim_argv(args, defence, released, out),
@@ -357,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "model": {"name": "small_cnn",
                 "widths": list(args.widths) if args.widths else [64, 128,
                                                                  256]},
+      "victim_model": args.victim_model,
       "adversarial_training": {"radius": args.rho_a,
                                "steps": args.adv_steps,
                                "step_size": args.rho_a / 5},

@@ -175,6 +175,46 @@ def test_table_defences_partial_protection_and_resume(tmp_path, monkeypatch):
                    for m, row in acc.items()}
 
 
+def test_table_victim_model_reuses_crafted_cells(tmp_path, monkeypatch):
+  """--victim-model trains victims of another architecture on the releases
+  of an earlier table (--cells) without crafting them again, and keeps
+  them apart from the first table's victims."""
+  from experiments import table
+  data_dir = _fake_idx_dir(tmp_path / "data")
+  cells = tmp_path / "table"
+  argv = ["--data-dir", str(data_dir), "--methods", "clean,random",
+          "--defences", "none", "--train-size", "200", "--widths", "4,4,4",
+          "--epochs", "1", "--seeds", "1", "--epsilon", "16/255"]
+  first = table.main(["--out", str(cells)] + argv)
+  assert first["victim_model"] == "small_cnn"
+  models_seen = []
+  real_evaluate = table.evaluate.main
+
+  def recording(cell_argv):
+    models_seen.append(cell_argv[cell_argv.index("--model") + 1])
+    return real_evaluate(cell_argv)
+
+  def must_not_run(argv=None):
+    raise AssertionError(f"crafted cell recomputed: {argv}")
+
+  monkeypatch.setattr(table.evaluate, "main", recording)
+  monkeypatch.setattr(table.craft, "main", must_not_run)
+  flat = table.main(["--out", str(tmp_path / "flat"), "--cells", str(cells),
+                     "--victim-model", "small_cnn_flat"] + argv)
+  assert models_seen == ["small_cnn_flat", "small_cnn_flat"]
+  assert flat["victim_model"] == "small_cnn_flat"
+  for method in ("clean", "random"):
+    cell = json.loads((cells / "victims-small_cnn_flat" / f"{method}-none"
+                       / "results.json").read_text())
+    assert cell["model"]["name"] == "small_cnn_flat"
+    assert 0 <= flat["victim_accuracy"][method]["none"] <= 1
+  assert "flattened head" in (tmp_path / "flat" / "table.md").read_text()
+  # The first table's victims are untouched and still cached.
+  monkeypatch.setattr(table.evaluate, "main", must_not_run)
+  assert table.main(["--out", str(cells)] + argv)["victim_accuracy"] == (
+      first["victim_accuracy"])
+
+
 @pytest.mark.parametrize("flag,expected", [
     ([], "--surrogate-augment"),
     (["--no-surrogate-augment"], "--no-surrogate-augment")])
