@@ -91,6 +91,33 @@ def test_conv_impls_match_lax(impl, strides, padding, kernel, channels):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((2, 28, 28, 1), 3, 1),   # The small CNN's first layer (even output).
+    ((2, 7, 9, 3), 3, 1),     # Odd output height: the last block is cut.
+    ((3, 8, 8, 2), 1, 0),
+    ((2, 9, 6, 1), 5, 2),
+    ((2, 10, 11, 4), 3, 0),
+    ((1, 5, 5, 3), 4, 1),     # An even kernel.
+])
+def test_blocked_conv_matches_lax(shape, kernel, padding):
+  """The 2x2-output-block form that the hybrid impl's forward pass takes
+  for few input channels, at stride 1 (forward only: its gradients are
+  im2col's, tested above)."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1),
+                        (kernel, kernel, shape[-1], 6))
+  want = models.conv2d(x, w, padding=padding, impl="lax")
+  got = jax.jit(models._conv_blocked, static_argnums=2)(x, w, padding)  # pylint: disable=protected-access
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Per-draw kernels (certification chunks, PUE): a vmap over kernels.
+  ws = jnp.stack([w, -w, 2 * w])
+  got = jax.vmap(lambda w: models.conv2d(x, w, padding=padding))(ws)
+  want = jax.vmap(lambda w: models.conv2d(x, w, padding=padding,
+                                          impl="lax"))(ws)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_conv_impls_inside_scan_and_vmap():
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   ws = jax.random.normal(jax.random.key(1), (4, 3, 3, 3, 2))
