@@ -81,8 +81,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="Monte-Carlo draws N (default 1000)")
   p.add_argument("--confidence", type=float, default=0.99)
   p.add_argument("--etas", type=common.etas_arg,
-                 default=certify.PUBLISHED_ETAS,
-                 help="comma-separated radii η (default: the published grid)")
+                 default=certify.DEFAULT_ETAS,
+                 help="comma-separated radii η (default: the published grid "
+                 "of 0.001 ... 2.0 plus 0.02 and 0.75)")
   p.add_argument("--simultaneous", choices=tuple(MODES), default="none",
                  help="none: per-η bound (the paper); union/dkw: one bound "
                  "for the whole curve")
@@ -183,7 +184,7 @@ def certify_checkpoint(
     key: jax.Array, model: models.Model, variables: dict,
     images: np.ndarray, labels: np.ndarray, *, sigma: float, num_draws: int,
     q: float = 0.9, confidence: float = 0.99,
-    etas: Sequence[float] = certify.PUBLISHED_ETAS,
+    etas: Sequence[float] = certify.DEFAULT_ETAS,
     simultaneous: str | None = None, sweep_sigmas: Sequence[float] = (),
     sweep_draws: int = 32, path: pathlib.Path | None = None,
     segment_draws: int | None = None, chunk_size: int | None = None,

@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from scipy import stats
 
 __all__ = [
+    "DEFAULT_ETAS",
     "PUBLISHED_ETAS",
     "CertificationCurve",
     "certified_learnability",
@@ -48,13 +49,17 @@ __all__ = [
     "sample_accuracies",
 ]
 
-# η grid for learnability curves (σ = 0.25, q = 0.9). The paper's curves span
-# η = 0.001 … 2.0; its exact points could not be checked here (the reference
-# code's certify script was not available), so this grid spans that range,
-# dense at small η, where N = 1000 draws can certify (up to η = 0.3).
+# η grid of the reference's certification script (Wang et al. 2025,
+# ``certify.py`` of the authors' repository; σ = 0.25, q = 0.9).
 PUBLISHED_ETAS: tuple[float, ...] = (
-    0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
-    0.6, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7,
+    0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9, 2.0)
+
+# The default grid: the published one plus η = 0.02 (between 0.01 and 0.05,
+# where certificates at a small σ such as 0.05 end) and η = 0.75 (the
+# largest radius that experiments.benchmark sizes certification runs for).
+DEFAULT_ETAS: tuple[float, ...] = tuple(sorted(
+    set(PUBLISHED_ETAS) | {0.02, 0.75}))
 
 ApplyFn = Callable[..., tuple[jax.Array, Any]]
 
@@ -593,7 +598,7 @@ class CertificationCurve(NamedTuple):
 
 
 def learnability_curve(accuracies: Any, *, q: float, sigma: float,
-                       etas: Sequence[float] = PUBLISHED_ETAS,
+                       etas: Sequence[float] = DEFAULT_ETAS,
                        confidence: float = 0.99,
                        simultaneous: str | None = None) -> CertificationCurve:
   """Certified (q, η)-learnability over a grid of η (the paper's curves).

@@ -178,7 +178,7 @@ def test_curve_modes_and_json():
   union = certify.learnability_curve(acc, q=0.9, sigma=0.25,
                                      simultaneous="union")
   dkw = certify.learnability_curve(acc, q=0.9, sigma=0.25, simultaneous="dkw")
-  assert per.etas == certify.PUBLISHED_ETAS and per.mode == "per_eta"
+  assert per.etas == certify.DEFAULT_ETAS and per.mode == "per_eta"
   for e, v in zip(per.etas, per.values):
     assert v == certify.certified_learnability(acc, q=0.9, sigma=0.25, eta=e)
   assert per.largest_certified_eta == 0.3  # min_draws(0.3) = 702 <= 1000.
@@ -186,7 +186,7 @@ def test_curve_modes_and_json():
     for v_sim, v_per in zip(curve.values, per.values):
       if v_sim is not None:  # Simultaneous bounds are never tighter.
         assert v_per is not None and v_sim >= v_per
-  n_union = len(certify.PUBLISHED_ETAS)
+  n_union = len(certify.DEFAULT_ETAS)
   assert union.values[0] == certify.certified_learnability(
       acc, q=0.9, sigma=0.25, eta=0.001, confidence=1 - 0.01 / n_union)
   eps = math.sqrt(math.log(100) / 2000)
