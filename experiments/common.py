@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+import contextlib
 import datetime
 import fractions
 import functools
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 
 from jaxue import data as data_lib
+from jaxue import parallel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CPU_WIDTHS = (16, 32, 64)
@@ -193,6 +195,24 @@ def cli(main: Callable[[Sequence[str] | None], Any]
       raise SystemExit(130) from None
 
   return wrapper
+
+
+def add_data_parallel_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--data-parallel", action="store_true",
+      help="split every training and crafting batch over all devices of "
+      "this host (jaxue.parallel; equal to one device's run up to float "
+      "rounding)")
+
+
+def device_scope(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+  """`jax.set_mesh` over every local device with ``--data-parallel``; a
+  no-op otherwise (an enclosing mesh, e.g. the table's, stays in force)."""
+  if not getattr(args, "data_parallel", False):
+    return contextlib.nullcontext()
+  mesh = parallel.data_mesh(jax.local_devices())
+  print(f"data-parallel over {mesh.size} {jax.default_backend()} device(s)")
+  return jax.set_mesh(mesh)
 
 
 def load_data(dataset: str, data_dir: str | None, train_size: int | None,

@@ -121,6 +121,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="LSP patch side; must divide the image sides "
                     "(default: side / 4)")
   p.add_argument("--seed", type=int, default=0)
+  common.add_data_parallel_flag(p)
   p.add_argument("--no-resume", action="store_true",
                  help="ignore an existing checkpoint in --out/resume")
   args = p.parse_args(argv)
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"{ds['name']}: crafting {args.method} at {budget_label} for "
         f"{len(y_train)} images ({jax.default_backend()})")
 
-  with timer("craft"):
+  with timer("craft"), common.device_scope(args):
     if args.method in MODEL_FREE:
       delta, summary, arrays = _craft_model_free(args, ds, craft_key, budget)
     else:

@@ -101,6 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    default=None, help="PGD step (default radius / 5)")
   p.add_argument("--seeds", type=common.positive_int, default=1)
   p.add_argument("--seed", type=int, default=0)
+  common.add_data_parallel_flag(p)
   args = p.parse_args(argv)
   if args.adversarial:
     adversarial_config(args)  # Bad --adv-* values fail before any work.
@@ -239,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   adversarial = adversarial_config(args) if args.adversarial else None
   key = jax.random.key(args.seed)
   finals, curves = [], []
-  with timer("train"):
+  with timer("train"), common.device_scope(args):
     for s in range(args.seeds):
       state, history = train.train_victim(
           jax.random.fold_in(key, s), model, x_train, y_train,

@@ -124,6 +124,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help="PGD steps of error-max noise (default 20, of "
                  "eps / 10)")
   p.add_argument("--seed", type=int, default=0)
+  common.add_data_parallel_flag(p)
   args = p.parse_args(argv)
   args.method_list = _names(args.methods, METHODS, "method")
   args.defence_list = _names(args.defences, DEFENCES, "defence")
@@ -315,6 +316,13 @@ def markdown(results: dict[str, Any]) -> str:
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
+  # Cells run in this process: craft and evaluate inherit the mesh, and
+  # their cached command lines do not change with it.
+  with common.device_scope(args):
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
   args.out.mkdir(parents=True, exist_ok=True)
   cells = args.cells or args.out
   start = time.perf_counter()

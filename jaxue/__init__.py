@@ -22,6 +22,8 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 * `jaxue.recover`: the weight-recovery attack.
 * `jaxue.diagnostics`: what a release's noise is made of (a shortcut, or
   the classes' features).
+* `jaxue.parallel`: data-parallel training and crafting over a device
+  mesh (``with jax.set_mesh(jaxue.parallel.data_mesh()): ...``).
 * `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
 """
 
@@ -33,6 +35,7 @@ from jaxue import defences
 from jaxue import diagnostics
 from jaxue import models
 from jaxue import noise
+from jaxue import parallel
 from jaxue import pgd
 from jaxue import pue
 from jaxue import recover

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxue import data as data_lib
+from jaxue import parallel
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
 from jaxue.train import TrainState
@@ -275,8 +276,9 @@ def _sweep_samplewise(state, noise, images, labels, key, *, cfg, noise_step,
     idx, i = batch_and_index
     valid = idx < n
     safe = jnp.where(valid, idx, 0)
-    x, y = images[safe], labels[safe]
-    delta = noise_step(state, x, y, noise[safe], jax.random.fold_in(key, i))
+    x, y, start = parallel.shard_batch((images[safe], labels[safe],
+                                        noise[safe]))
+    delta = noise_step(state, x, y, start, jax.random.fold_in(key, i))
     return noise.at[jnp.where(valid, idx, n)].set(delta, mode="drop"), None
 
   noise, _ = jax.lax.scan(body, noise,
@@ -298,7 +300,7 @@ def _sweep_classwise(state, noise, images, labels, subset, key, *, cfg,
     idx, i = batch_and_index
     valid = idx < n
     safe = jnp.where(valid, idx, 0)
-    x, y = images[safe], labels[safe]
+    x, y, valid = parallel.shard_batch((images[safe], labels[safe], valid))
     delta = noise_step(state, x, y, noise[y], jax.random.fold_in(key, i))
     segment = jnp.where(valid, y, num_classes)
     total = jax.ops.segment_sum(delta, segment, num_segments=num_classes)
@@ -325,6 +327,7 @@ def _noisy_accuracy(state, noise, images, labels, indices, *, cfg):
     safe = jnp.where(valid, idx, 0)
     y = labels[safe]
     x = jnp.clip(images[safe] + noise_for(noise, safe, y, classwise), 0, 1)
+    x, y, valid = parallel.shard_batch((x, y, valid))
     logits, _ = state.apply_fn(state.variables, x, False)
     return jnp.sum((logits.argmax(-1) == y) & valid, dtype=jnp.int32)
 

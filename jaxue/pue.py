@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxue import certify
 from jaxue import noise as noise_lib
+from jaxue import parallel
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
 from jaxue.train import TrainState
@@ -130,7 +131,7 @@ def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
   theta, so one pass is their mean (the reference repeats it, 100 of its
   600 passes per batch).
   """
-  x, y = batch
+  x, y = parallel.shard_batch(batch)
   x = train_lib.as_float(x)
 
   def loss_and_grad(state, params):

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from jaxue import data as data_lib
 from jaxue import noise as noise_lib
+from jaxue import parallel
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
 from jaxue.train import TrainState
@@ -262,7 +263,7 @@ def surrogate_step(state: TrainState, noise: jax.Array, images: jax.Array,
   batch_key, noise_key, t_key, train_key = jax.random.split(key, 4)
   idx = jax.random.choice(batch_key, images.shape[0], (cfg.batch_size,),
                           replace=False)
-  x, y = images[idx], labels[idx]
+  x, y = parallel.shard_batch((images[idx], labels[idx]))
   delta = rem_noise_step(state, x, y, None, noise_key, cfg=cfg,
                          transform=transform)
   inputs = transform(t_key, x + delta)

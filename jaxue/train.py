@@ -27,6 +27,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxue import data as data_lib
+from jaxue import parallel
 from jaxue import pgd as pgd_lib
 from jaxue.models import Model, Variables
 
@@ -137,9 +138,10 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
 
   Returns:
     The new state and ``{"loss", "accuracy"}`` of the batch (accuracy
-    against the soft targets' argmax when mixing).
+    against the soft targets' argmax when mixing). Data-parallel over the
+    mesh of `jax.set_mesh` (`jaxue.parallel`).
   """
-  images, labels = batch
+  images, labels = parallel.shard_batch(batch)
   images = as_float(images)
   if augment is not None:
     images = augment(key, images)
@@ -240,7 +242,7 @@ def count_correct(apply_fn: Callable[..., Any], variables: Variables,
   images, labels = padded_batches(images, labels, batch_size)
 
   def batch_correct(batch):
-    x, y = batch
+    x, y = parallel.shard_batch(batch)
     logits, _ = apply_fn(variables, as_float(x), False)
     return jnp.sum((logits.argmax(-1) == y) & (y >= 0), dtype=jnp.int32)
 
@@ -474,7 +476,7 @@ def adversarial_train_step(state: TrainState,
     The new state and ``{"loss", "accuracy"}`` on the adversarial batch.
   """
   cfg = cfg.resolved()
-  images, labels = batch
+  images, labels = parallel.shard_batch(batch)
   images = as_float(images)
   augment_key, attack_key, step_key = jax.random.split(key, 3)
   if augment is not None:

@@ -76,8 +76,12 @@ def test_craft_then_evaluate_and_resume(tmp_path, capsys):
           "em-classwise", "--epsilon", "16/255", "--widths", "4,4,4",
           "--train-size", "200", "--stop-error", "0"]
   craft.main(args + ["--max-rounds", "1"])
-  result = craft.main(args + ["--max-rounds", "2"])
-  assert "resuming after round 0" in capsys.readouterr().out
+  # Resumed data-parallel (a mesh of this machine's one device here;
+  # tests/test_parallel.py runs 8).
+  result = craft.main(args + ["--max-rounds", "2", "--data-parallel"])
+  printed = capsys.readouterr().out
+  assert "resuming after round 0" in printed
+  assert "data-parallel over 1 cpu device(s)" in printed
   assert result["craft"]["rounds"] == 2
   assert result["craft"]["resumed_from_round"] == 1
   assert result["epsilon"] == pytest.approx(16 / 255)
@@ -86,7 +90,7 @@ def test_craft_then_evaluate_and_resume(tmp_path, capsys):
   assert np.abs(noise).max() <= 16 / 255 + 1e-6
   ev = evaluate.main(["--released", str(out), "--data-dir", str(data_dir),
                       "--widths", "4,4,4", "--epochs", "1", "--out",
-                      str(tmp_path / "eval")])
+                      str(tmp_path / "eval"), "--data-parallel"])
   assert 0 <= ev["victim_accuracy"] <= 1
   assert (tmp_path / "eval" / "victim" / "model.json").exists()
 
@@ -199,8 +203,10 @@ def test_table_victim_model_reuses_crafted_cells(tmp_path, monkeypatch):
 
   monkeypatch.setattr(table.evaluate, "main", recording)
   monkeypatch.setattr(table.craft, "main", must_not_run)
+  # Data-parallel cells keep their cached command lines (no new flag).
   flat = table.main(["--out", str(tmp_path / "flat"), "--cells", str(cells),
-                     "--victim-model", "small_cnn_flat"] + argv)
+                     "--victim-model", "small_cnn_flat", "--data-parallel"]
+                    + argv)
   assert models_seen == ["small_cnn_flat", "small_cnn_flat"]
   assert flat["victim_model"] == "small_cnn_flat"
   for method in ("clean", "random"):

@@ -1,0 +1,123 @@
+"""Tests of jaxue.parallel: data-parallel training and crafting on a mesh."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxue import parallel
+
+
+def test_shard_batch_is_the_identity_without_a_mesh():
+  batch = (jnp.ones((4, 3)), jnp.arange(4), jnp.float32(2.0))
+  assert parallel.shard_batch(batch) is batch
+  got = jax.jit(parallel.shard_batch)(batch)
+  for a, b in zip(got, batch):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_data_mesh():
+  mesh = parallel.data_mesh()
+  assert mesh.axis_names == (parallel.DATA_AXIS,)
+  assert mesh.size == jax.device_count()
+  with pytest.raises(ValueError, match="at least one device"):
+    parallel.data_mesh([])
+
+
+# 1 vs 8 fake CPU devices (subprocess: the device count is fixed at import).
+_SCRIPT = textwrap.dedent("""
+    import re
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    assert jax.device_count() == 8, jax.devices()
+    from jax.sharding import PartitionSpec as P
+    from jaxue import models, noise, parallel, pue, rem, train
+
+    rng = np.random.default_rng(0)
+    n, classes = 64, 4
+    x = rng.integers(0, 256, (n, 12, 12, 1), dtype=np.uint8)
+    y = (np.arange(n) % classes).astype(np.int32)
+    model = models.make_model("small_cnn", num_classes=classes,
+                              widths=(4, 8, 8))
+
+    def fresh(tx=None):
+      return train.create_train_state(jax.random.key(0), model, (12, 12, 1),
+                                      tx or train.make_optimizer(0.1))
+
+    def run():
+      out = {}
+      state, _ = train.train_epoch(fresh(), jnp.asarray(x), jnp.asarray(y),
+                                   jax.random.key(1), batch_size=32)
+      out["epoch"] = state.params
+      out["accuracy"] = train.evaluate(model.apply, state.variables, x, y,
+                                       batch_size=32)
+      for mode, steps in (("samplewise", 3), ("classwise", 1)):
+        cfg = noise.EMConfig(mode=mode, epsilon=8 / 255, pgd_steps=steps,
+                             train_steps=2, batch_size=32,
+                             sweep_batch_size=32, max_rounds=2)
+        out[mode] = noise.craft(jax.random.key(2), fresh(), x, y, cfg,
+                                num_classes=classes, progress=False).noise
+      pc = pue.PUEConfig(sigma=0.1, sigma_step=0.05, surrogate_draws=2,
+                         noise_draws=2)
+      state, _ = jax.jit(lambda s, b, k: pue.robust_surrogate_step(
+          s, b, k, pue=pc))(fresh(), (x[:32], y[:32]), jax.random.key(3))
+      out["pue"] = state.params
+      rc = rem.REMConfig(train_steps=2, batch_size=32, noise_steps=2,
+                         eot_draws=2, attack_steps=2, checkpoint_every=2)
+      out["rem"] = rem.robust_error_minimizing_noise(
+          jax.random.key(4), fresh(rc.optimizer()), x, y,
+          num_classes=classes, cfg=rc, progress=False).noise
+      return out
+
+    one = run()
+    mesh = parallel.data_mesh()
+    with jax.set_mesh(mesh):
+      eight = run()
+      # The step is partitioned: per-device batches of 32 / 8, gradients
+      # all-reduced.
+      hlo = train.train_epoch.lower(
+          fresh(), jnp.asarray(x), jnp.asarray(y), jax.random.key(1),
+          batch_size=32).compile().as_text()
+      assert "all-reduce" in hlo
+      assert "f32[4,12,12,1]" in hlo
+      # Inside shard_map the data axis is manual: shard_batch stands aside.
+      f = jax.shard_map(lambda b: parallel.shard_batch(b) * 2, mesh=mesh,
+                        in_specs=P("data"), out_specs=P("data"))
+      np.testing.assert_array_equal(jax.jit(f)(jnp.arange(8.0)),
+                                    2 * np.arange(8.0))
+    assert jax.tree.leaves(eight["epoch"])[0].sharding.mesh.size == 8
+    assert one["accuracy"] == eight["accuracy"]
+    for name in ("epoch", "pue"):
+      for a, b in zip(jax.tree.leaves(one[name]),
+                      jax.tree.leaves(eight[name])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Noise: signed steps can flip where a gradient is ~0; sums split over
+    # devices round differently, nothing else.
+    for name in ("samplewise", "classwise", "rem"):
+      a, b = np.asarray(one[name]), np.asarray(eight[name])
+      assert a.shape == b.shape
+      assert np.mean(np.abs(a - b) > 1e-6) < 0.01, name
+    print("PARALLEL_OK")
+""")
+
+
+def test_identical_up_to_rounding_on_fake_devices():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  root = pathlib.Path(__file__).resolve().parent.parent
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=600,
+                        check=False)
+  assert "PARALLEL_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
