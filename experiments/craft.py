@@ -103,6 +103,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   pue.add_argument("--draw-chunk", type=common.positive_int, default=None,
                    help="draws vmapped at once (default: 1 on CPU, "
                    "up to 16 on GPU/TPU)")
+  pue.add_argument("--reference-loss-scale", action="store_true",
+                   help="the reference code's surrogate steps of 1/T of the "
+                   "mean gradient per level (jaxue.pue.PUEConfig)")
   add_rem_arguments(p)
   em = p.add_argument_group("error-max (--method error-max[-targeted])")
   em.add_argument("--clean-epochs", type=common.positive_int, default=10,
@@ -191,7 +194,8 @@ def pue_config(args: argparse.Namespace) -> pue_lib.PUEConfig:
   return pue_lib.PUEConfig(
       sigma=args.sigma, sigma_step=args.sigma_step,
       surrogate_draws=args.surrogate_draws, noise_draws=args.noise_draws,
-      draw_chunk=args.draw_chunk)
+      draw_chunk=args.draw_chunk,
+      reference_loss_scale=args.reference_loss_scale)
 
 
 def _resume_config(args: argparse.Namespace) -> dict:
@@ -200,6 +204,8 @@ def _resume_config(args: argparse.Namespace) -> dict:
           "seed", "sigma", "sigma_step", "surrogate_draws", "noise_draws")
   if args.method == "rem":
     keys += REM_FLAGS
+  if args.method.startswith("pue-") and args.reference_loss_scale:
+    keys += ("reference_loss_scale",)  # Only when set: older runs resume.
   return {k: common.jsonable(getattr(args, k)) for k in keys}
 
 

@@ -49,6 +49,14 @@ class PUEConfig(NamedTuple):
       on the noisy data exceeds this.
     draw_chunk: draws evaluated at once (`lax.map` batch size); None for
       `default_draw_chunk` (1 on CPU, up to 16 on GPU/TPU).
+    reference_loss_scale: scale each level's gradient by 1/T, as the
+      reference code does by accident (its ``train_batch_robust`` divides
+      every pass's loss by T * draws but steps once per level, so each
+      level's step is 1/T of the mean gradient: an effective learning rate
+      of lr / T, weight decay unscaled). Off by default: the paper's step
+      is the mean gradient (DESIGN.md, "PUE"). The reference also clips
+      the running sum after every draw; at 1/(T * draws) per pass that
+      sum rarely reaches the clip norm, and it is not reproduced.
   """
 
   sigma: float = 0.25
@@ -57,6 +65,7 @@ class PUEConfig(NamedTuple):
   noise_draws: int = 10
   robust_after: float = 0.5
   draw_chunk: int | None = None
+  reference_loss_scale: bool = False
 
   def levels(self) -> tuple[float, ...]:
     if self.sigma <= 0 or self.sigma_step <= 0:
@@ -146,8 +155,15 @@ def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
     # point.
     return jax.value_and_grad(loss, has_aux=True)(params)
 
+  num_levels = len(pue.levels())
+  scale = 1.0 / num_levels if pue.reference_loss_scale else 1.0
+
+  def step(state, grads, stats):
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    return train_lib.apply_gradients(state, grads, stats)
+
   (loss_0, stats), grads = loss_and_grad(state, state.params)
-  state = train_lib.apply_gradients(state, grads, stats)
+  state = step(state, grads, stats)
 
   def level_step(state, level):
     j, sigma = level
@@ -155,16 +171,15 @@ def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
         functools.partial(loss_and_grad, state), jax.random.fold_in(key, j),
         state.params, sigma, pue.surrogate_draws, pue.draw_chunk)
     mean = functools.partial(jnp.mean, axis=0)
-    state = train_lib.apply_gradients(state, jax.tree.map(mean, grads),
-                                      jax.tree.map(mean, stats))
+    state = step(state, jax.tree.map(mean, grads), jax.tree.map(mean, stats))
     return state, losses.mean()
 
   # A scan over the levels (sigma traced) compiles the step once, not T - 1
   # times.
   levels = jnp.asarray(pue.levels()[1:], jnp.float32)
   state, losses = jax.lax.scan(
-      level_step, state, (jnp.arange(1, levels.shape[0] + 1), levels))
-  loss = (loss_0 + losses.sum()) / (levels.shape[0] + 1)
+      level_step, state, (jnp.arange(1, num_levels), levels))
+  loss = (loss_0 + losses.sum()) / num_levels
   return state, {"loss": loss, "accuracy": jnp.zeros(())}
 
 

@@ -386,3 +386,15 @@ def test_error_max_surrogates_smoke_and_resume(tmp_path, monkeypatch):
   monkeypatch.setattr(error_max_surrogates.train, "train_victim",
                       must_not_run)
   assert error_max_surrogates.main(argv)["summary"] == summary
+
+
+def test_craft_pue_reference_loss_scale_flag(tmp_path):
+  base = ["--out", str(tmp_path / "p"), "--method", "pue-classwise"]
+  assert not craft.pue_config(craft.parse_args(base)).reference_loss_scale
+  args = craft.parse_args(base + ["--reference-loss-scale"])
+  assert craft.pue_config(args).reference_loss_scale
+  # A run with it does not resume one without it (and older runs, which
+  # lack the key, still resume without it).
+  assert "reference_loss_scale" in craft._resume_config(args)  # pylint: disable=protected-access
+  assert "reference_loss_scale" not in craft._resume_config(  # pylint: disable=protected-access
+      craft.parse_args(base))

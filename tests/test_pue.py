@@ -139,12 +139,15 @@ def _plain_pue_step(state, batch, key, pue):
     draws = [draw_grad(state, k, jnp.float32(sigma)) for k in keys]
     mean = lambda *leaves: jnp.mean(jnp.stack(leaves), axis=0)
     grads = jax.tree.map(mean, *[g for _, g in draws])
+    if pue.reference_loss_scale:  # Each pass's loss / (T * draws).
+      grads = jax.tree.map(lambda g: g * (1.0 / len(pue.levels())), grads)
     stats = jax.tree.map(mean, *[s for (_, s), _ in draws])
     state = train.apply_gradients(state, grads, stats)
   return state
 
 
-def test_robust_surrogate_step_is_the_plain_loop():
+@pytest.mark.parametrize("reference_loss_scale", [False, True])
+def test_robust_surrogate_step_is_the_plain_loop(reference_loss_scale):
   # Batch 16: at widths 4,8,8 with batch 8, XLA:CPU (jaxlib 0.10.2)
   # miscompiled the single-draw gradient (then a vmap of one) unless
   # XLA_FLAGS=--xla_cpu_use_fusion_emitters=false.
@@ -152,10 +155,14 @@ def test_robust_surrogate_step_is_the_plain_loop():
   batch = (jnp.asarray(rng.integers(0, 256, (16, 28, 28, 1), np.uint8)),
            jnp.asarray(rng.integers(0, 10, 16).astype(np.int32)))
   key = jax.random.key(2)
-  pue = pue_lib.PUEConfig(surrogate_draws=3)
+  pue = pue_lib.PUEConfig(surrogate_draws=3,
+                          reference_loss_scale=reference_loss_scale)
   plain = _plain_pue_step(_fashion_state(), batch, key, pue)
+  # With 1/T steps this batch is more sensitive to rounding: the jitted
+  # step's own draw chunks 1 and 3 differ by up to 3.5e-5 there.
+  atol = 1e-4 if reference_loss_scale else 1e-5
   # None: the backend's default (1 on CPU); 3: all draws in one vmap.
-  for chunk in (1, 2, 3, None):
+  for chunk in ((1, 2, 3, None) if not reference_loss_scale else (None,)):
     state, _ = jax.jit(lambda s, b, k, pue=pue._replace(draw_chunk=chunk):
                        pue_lib.robust_surrogate_step(s, b, k, pue=pue))(
                            _fashion_state(), batch, key)
@@ -163,7 +170,15 @@ def test_robust_surrogate_step_is_the_plain_loop():
                  (state.batch_stats, plain.batch_stats)):
       for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4,
-                                   atol=1e-5)
+                                   atol=atol)
+  if reference_loss_scale:  # Not the default step: 1/T is no rounding.
+    default, _ = jax.jit(lambda s, b, k: pue_lib.robust_surrogate_step(
+        s, b, k, pue=pue._replace(reference_loss_scale=False)))(
+            _fashion_state(), batch, key)
+    gap = max(float(np.abs(np.asarray(u) - np.asarray(v)).max())
+              for u, v in zip(jax.tree.leaves(default.params),
+                              jax.tree.leaves(plain.params)))
+    assert gap > 1e-2
 
 
 def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
