@@ -6,8 +6,6 @@ Wang et al., NDSS 2025, "Certified (q, η)-Learnability".
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 from typing import Any, Callable, NamedTuple
 
@@ -433,17 +431,9 @@ _MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_identical_across_fake_devices():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  env["PYTHONPATH"] = os.pathsep.join(
-      [REPO_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+def test_identical_across_fake_devices(run_on_fake_devices):
   script = _MESH_SCRIPT.format(tests=os.path.join(REPO_ROOT, "tests"))
-  proc = subprocess.run([sys.executable, "-c", script], env=env,
-                        capture_output=True, text=True, timeout=240,
-                        check=False)
+  proc = run_on_fake_devices(script, timeout=240)
   assert proc.returncode == 0 and "MESH_OK" in proc.stdout, proc.stderr[-4000:]
 
 

@@ -144,23 +144,13 @@ print("DEVICES_OK")
 """
 
 
-def test_draws_sharded_over_fake_devices_match_one_device(setup, tmp_path):
-  import os
-  import subprocess
-  import sys
+def test_draws_sharded_over_fake_devices_match_one_device(
+    setup, tmp_path, run_on_fake_devices):
   tmp, data_dir = setup
   argv = _args(tmp, data_dir, "unused")
   argv = argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8").strip()
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = os.pathsep.join(
-      [root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  proc = subprocess.run(
-      [sys.executable, "-c", _DEVICES_SCRIPT, json.dumps(argv),
-       str(tmp_path)], env=env, capture_output=True, text=True, timeout=300,
-      check=False)
+  proc = run_on_fake_devices(_DEVICES_SCRIPT, json.dumps(argv),
+                             str(tmp_path), timeout=300)
   assert proc.returncode == 0 and "DEVICES_OK" in proc.stdout, (
       proc.stderr[-4000:])
 

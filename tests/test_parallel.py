@@ -1,9 +1,5 @@
 """Tests of jaxue.parallel: data-parallel training and crafting on a mesh."""
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -109,15 +105,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_identical_up_to_rounding_on_fake_devices():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  root = pathlib.Path(__file__).resolve().parent.parent
-  env["PYTHONPATH"] = os.pathsep.join(
-      [str(root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env,
-                        capture_output=True, text=True, timeout=600,
-                        check=False)
+def test_identical_up_to_rounding_on_fake_devices(run_on_fake_devices):
+  proc = run_on_fake_devices(_SCRIPT)
   assert "PARALLEL_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
