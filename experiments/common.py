@@ -205,7 +205,8 @@ def add_data_parallel_flag(parser: argparse.ArgumentParser) -> None:
       "rounding)")
 
 
-def device_scope(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+def device_scope(args: argparse.Namespace
+                 ) -> contextlib.AbstractContextManager:
   """`jax.set_mesh` over every local device with ``--data-parallel``; a
   no-op otherwise (an enclosing mesh, e.g. the table's, stays in force)."""
   if not getattr(args, "data_parallel", False):

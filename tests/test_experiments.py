@@ -395,6 +395,6 @@ def test_craft_pue_reference_loss_scale_flag(tmp_path):
   assert craft.pue_config(args).reference_loss_scale
   # A run with it does not resume one without it (and older runs, which
   # lack the key, still resume without it).
-  assert "reference_loss_scale" in craft._resume_config(args)  # pylint: disable=protected-access
-  assert "reference_loss_scale" not in craft._resume_config(  # pylint: disable=protected-access
-      craft.parse_args(base))
+  resume_config = craft._resume_config  # pylint: disable=protected-access
+  assert "reference_loss_scale" in resume_config(args)
+  assert "reference_loss_scale" not in resume_config(craft.parse_args(base))

@@ -107,7 +107,8 @@ def test_blocked_conv_matches_lax(shape, kernel, padding):
   w = jax.random.normal(jax.random.key(1),
                         (kernel, kernel, shape[-1], 6))
   want = models.conv2d(x, w, padding=padding, impl="lax")
-  got = jax.jit(models._conv_blocked, static_argnums=2)(x, w, padding)  # pylint: disable=protected-access
+  blocked = models._conv_blocked  # pylint: disable=protected-access
+  got = jax.jit(blocked, static_argnums=2)(x, w, padding)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Per-draw kernels (certification chunks, PUE): a vmap over kernels.
