@@ -152,6 +152,37 @@ def test_hybrid_input_gradient_under_vmap(axes):
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_batch_norm_is_flax_batch_norm_with_one_multiply_add():
+  """Eval mode is x * a + c (flax's map up to rounding); train mode and
+  the variables are flax's own."""
+  import flax.linen as nn
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 5, 5, 8)), jnp.float32)
+  ours = models.BatchNorm(momentum=0.9, epsilon=1e-5)
+  theirs = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+  variables = theirs.init(jax.random.key(0), x, use_running_average=True)
+  assert jax.tree.map(jnp.shape, ours.init(
+      jax.random.key(0), x, use_running_average=True)) == jax.tree.map(
+          jnp.shape, variables)
+  variables = {  # Non-trivial statistics and affine parameters.
+      "params": jax.tree.map(
+          lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+          variables["params"]),
+      "batch_stats": jax.tree.map(
+          lambda s: jnp.asarray(rng.uniform(0.5, 2, s.shape), jnp.float32),
+          variables["batch_stats"])}
+  got = ours.apply(variables, x, use_running_average=True)
+  want = theirs.apply(variables, x, use_running_average=True)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  got, got_stats = ours.apply(variables, x, use_running_average=False,
+                              mutable=["batch_stats"])
+  want, want_stats = theirs.apply(variables, x, use_running_average=False,
+                                  mutable=["batch_stats"])
+  np.testing.assert_array_equal(got, want)
+  for a, b in zip(jax.tree.leaves(got_stats), jax.tree.leaves(want_stats)):
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("size", [6, 7])
 def test_max_pool_matches_flax(size):
   import flax.linen as nn
