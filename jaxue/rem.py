@@ -388,9 +388,11 @@ def robust_error_minimizing_noise(
       length = min(cfg.checkpoint_every, total - step)
       indices = jnp.arange(first * cfg.sweep_batch_size,
                            min((first + length) * cfg.sweep_batch_size, n))
-      noise = _regenerate_block(state, noise,
-                                jax.random.fold_in(regen_key, first),
-                                indices, x, y, cfg=cfg, transform=transform)
+      # Wait for it: the dispatch is asynchronous, and the block's seconds
+      # would otherwise land in `on_block`'s checkpoint write.
+      noise = jax.block_until_ready(_regenerate_block(
+          state, noise, jax.random.fold_in(regen_key, first), indices, x, y,
+          cfg=cfg, transform=transform))
       loss = accuracy = None
       bar.set_postfix(phase="regenerate")
     step += length
