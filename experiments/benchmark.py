@@ -33,10 +33,15 @@ jaxue is faster):
   perturb the parameters, forward, backward, clip, restore).
 * ``certify`` (per draw): accuracy of one perturbed copy of the model on a
   10,000-image test set, eval mode, both in batches of
-  `jaxue.certify.default_batch_size()` (100 on CPU, where small batches are
-  faster for both; 1,000 on GPU). jaxue: `jaxue.certify.sample_accuracies`
+  `jaxue.certify.default_batch_size()` (50 on CPU, where small batches are
+  faster; 1,000 on GPU), and again at 100 and 1,000 (extra workloads
+  ``certify_b100``, ``certify_b1000``; ``ratio_vs_torch_best_batch``
+  compares jaxue's default with PyTorch's fastest of these batches). jaxue: `jaxue.certify.sample_accuracies`
   (the backend's default chunk); PyTorch: the reference's certification
   loop (perturb the parameters in place, run the test set, restore).
+  jaxue's draws are sharded over every device, as `experiments.certify`
+  runs them; on a CPU host that is one device per core (``--cpu-devices``,
+  default auto), and one device's time is recorded as well.
 
 Both sides get the data pre-loaded as tensors (no input pipeline) and the
 PyTorch side leaves out the reference's per-image Python loops (adding noise
@@ -68,7 +73,7 @@ fields are null. Writes ``OUT/results.json``::
 Presets: the default runs 5 repeats, a 1,024-image EM subset, 100 PUE draws
 per level (the published count; draw chunks 1 and 10), 64 jaxue and 16
 PyTorch certification draws, and the SGD step at batch 256 too (an extra
-workload). ``--quick`` (under 5 minutes on 2 cores): 3 repeats, a 512-image
+workload), and certification at batches of 100 and 1,000. ``--quick`` (under 5 minutes on 2 cores): 3 repeats, a 512-image
 EM subset, 10 PUE draws per level (draw chunks 1 and all 10), 16 jaxue and 8
 PyTorch certification draws. The size flags below override either preset.
 """
@@ -132,7 +137,7 @@ class Sizes:
   pue_chunks: tuple[str, ...] = ("1", "10")
   test_size: int = 10_000
   certify_batch: int | None = None  # certify.default_batch_size().
-  extra_certify_batch: int | None = 1000
+  extra_certify_batches: tuple[int, ...] = (100, 1000)
   jaxue_draws: int = 64
   torch_draws: int = 16
   matmul_size: int = 2048
@@ -147,7 +152,7 @@ PRESETS = {
     "smoke": Sizes(repeats=1, batch_size=8, extra_batch_size=None,
                    sgd_steps=2, em_train_steps=2, pgd_steps=2, em_images=16,
                    pue_draws=2, pue_chunks=("1",), test_size=40,
-                   certify_batch=20, extra_certify_batch=None,
+                   certify_batch=20, extra_certify_batches=(),
                    jaxue_draws=4, torch_draws=1,
                    matmul_size=64),
 }
@@ -181,6 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--threads", type=common.positive_int,
                  default=os.cpu_count() or 1,
                  help="PyTorch threads (default: os.cpu_count())")
+  common.add_cpu_devices_flag(p)
   p.add_argument("--seed", type=int, default=0)
   overrides = p.add_argument_group(
       "size overrides (default: the --quick or full preset)")
@@ -195,6 +201,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   overrides.add_argument("--jaxue-draws", type=common.positive_int)
   overrides.add_argument("--torch-draws", type=common.positive_int)
   overrides.add_argument("--test-size", type=common.positive_int)
+  overrides.add_argument("--certify-batch", type=common.positive_int,
+                         help="certification test batch (default: "
+                         "jaxue.certify.default_batch_size())")
   overrides.add_argument("--matmul-size", type=common.positive_int)
   args = p.parse_args(argv)
   preset = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -703,27 +712,43 @@ def bench_pue(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def bench_certify(ctx: dict[str, Any], batch: int) -> dict[str, Any]:
   """Certification draws over the test set (seconds per draw), both sides
-  in test batches of ``batch``."""
+  in test batches of ``batch``.
+
+  jaxue runs as `experiments.certify` does by default: draws sharded over
+  every device (on a CPU host, one device per core: ``--cpu-devices``).
+  With more than one device, one device's time is recorded too
+  (``single_device_s``).
+  """
   sizes: Sizes = ctx["sizes"]
   n = sizes.test_size
   images, labels = ctx["test_images"], ctx["test_labels"]
   chunk = certify.default_chunk_size()
-  block = chunk * 4  # sample_accuracies' default chunks_per_block.
-  per_call = max(block, sizes.jaxue_draws // sizes.repeats // block * block)
-  calls = max(1, sizes.jaxue_draws // per_call)
   variables = ctx["variables"]
   holder = {"first": 0}
 
-  def run_jaxue(draws=per_call):
-    accuracies = certify.sample_accuracies(
-        jax.random.key(6), ctx["model"].apply, variables, images, labels,
-        sigma=CERTIFY_SIGMA, num_draws=draws, first_draw=holder["first"],
-        chunk_size=chunk, batch_size=batch)
-    holder["first"] += draws
-    return accuracies
+  def time_jaxue(mesh):
+    devices = 1 if mesh is None else mesh.size
+    block = chunk * 4 * devices  # sample_accuracies' chunks_per_block = 4.
+    per_call = max(block, sizes.jaxue_draws // sizes.repeats // block * block)
+    calls = max(1, sizes.jaxue_draws // per_call)
 
-  run_jaxue(block)  # Compile (one block).
-  jaxue_times = time_per_unit(run_jaxue, repeats=calls, units=per_call)
+    def run(draws=per_call):
+      accuracies = certify.sample_accuracies(
+          jax.random.key(6), ctx["model"].apply, variables, images, labels,
+          sigma=CERTIFY_SIGMA, num_draws=draws, first_draw=holder["first"],
+          chunk_size=chunk, batch_size=batch, mesh=mesh)
+      holder["first"] += draws
+      return accuracies
+
+    run(block)  # Compile (one block).
+    return time_per_unit(run, repeats=calls, units=per_call), calls * per_call
+
+  mesh = common.draw_mesh()
+  jaxue_times, jaxue_draws = time_jaxue(mesh)
+  single = None
+  if mesh is not None:
+    single_times, _ = time_jaxue(None)
+    single = statistics.median(single_times)
   torch_times = None
   ref = ctx["torch"]
   if ref is not None:
@@ -736,12 +761,20 @@ def bench_certify(ctx: dict[str, Any], batch: int) -> dict[str, Any]:
   result = entry(f"draw ({n:,} images)", flops, jaxue_times, torch_times,
                  test_size=n,
                  batch_size=batch, chunk_size=chunk,
-                 jaxue_draws=calls * per_call,
+                 devices=1 if mesh is None else mesh.size,
+                 single_device_s=single,
+                 jaxue_draws=jaxue_draws,
                  torch_draws=sizes.torch_draws if ref is not None else None,
-                 jaxue_path="jaxue.certify.sample_accuracies")
+                 jaxue_path="jaxue.certify.sample_accuracies"
+                 + ("" if mesh is None else
+                    f" (draws sharded over {mesh.size} devices)"))
   result["jaxue_draws_per_s"] = 1.0 / result["jaxue_s"]
   result["torch_draws_per_s"] = (1.0 / result["torch_s"]
                                  if result["torch_s"] else None)
+  if single is not None:
+    result["single_device_gflops"] = flops / single / 1e9
+    result["single_device_ratio"] = (result["torch_s"] / single
+                                     if result["torch_s"] else None)
   return result
 
 
@@ -789,6 +822,7 @@ def meets_target(name: str, result: dict[str, Any],
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
+  common.request_cpu_devices(args)
   sizes: Sizes = args.sizes
   torch = None if args.no_torch else import_torch()
   if torch is None:
@@ -837,9 +871,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if sizes.extra_batch_size:
     benches[f"sgd_step_b{sizes.extra_batch_size}"] = (
         lambda: bench_sgd(ctx, sizes.extra_batch_size))
-  if sizes.extra_certify_batch not in (None, certify_batch):
-    benches[f"certify_b{sizes.extra_certify_batch}"] = (
-        lambda: bench_certify(ctx, sizes.extra_certify_batch))
+  for extra_batch in sizes.extra_certify_batches:
+    if extra_batch != certify_batch:
+      benches[f"certify_b{extra_batch}"] = functools.partial(
+          bench_certify, ctx, extra_batch)
   workloads, extra = {}, {}
   for name, bench in benches.items():
     wall = time.perf_counter()
@@ -857,6 +892,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     r["target_ratio"] = TARGETS.get(name)
     r["meets_target"] = meets_target(name, r, peak)
   cert = workloads["certify"]
+  # PyTorch's fastest test batch, for a ratio that does not depend on the
+  # two sides preferring the same batch size.
+  torch_certify = {r["batch_size"]: r["torch_s"]
+                   for n, r in {**workloads, **extra}.items()
+                   if n.startswith("certify") and r["torch_s"]}
+  if torch_certify:
+    best_batch = min(torch_certify, key=torch_certify.get)
+    cert["torch_best_batch"] = best_batch
+    cert["ratio_vs_torch_best_batch"] = (torch_certify[best_batch]
+                                         / cert["jaxue_s"])
   sizing = certify_sizing(cert["jaxue_draws_per_s"],
                           cert["torch_draws_per_s"])
   rows = []
@@ -878,6 +923,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         + (f", {cert['torch_draws_per_s']:.2f} draws/s torch"
            if cert["torch_draws_per_s"] else "")
         + f" ({cert['test_size']} test images)")
+  if "torch_best_batch" in cert:
+    print(f"certify against PyTorch's fastest batch "
+          f"({cert['torch_best_batch']}): "
+          f"{cert['ratio_vs_torch_best_batch']:.2f}x")
+  for name, r in {**workloads, **extra}.items():
+    if r.get("single_device_s"):
+      print(f"{name} on one of the {r['devices']} devices: "
+            f"{_seconds(r['single_device_s'])}/draw, "
+            f"{r['single_device_gflops'] / peak:.0%} of matmul"
+            + (f", {r['single_device_ratio']:.2f}x torch"
+               if r["single_device_ratio"] else ""))
   print(f"\nDraws to certify eta at sigma {SIZING['sigma']}, q "
         f"{SIZING['q']}, c {SIZING['confidence']}:")
   common.print_table(
@@ -898,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "torch_version": torch.__version__ if torch is not None else None,
       "torch_threads": (torch.get_num_threads() if torch is not None
                         else None),
+      "jax_devices": jax.device_count(),
       "flops_counted_by": "XLA cost analysis (conv impl 'lax', CPU backend)",
       "seconds_total": time.perf_counter() - start,
       "load_average": {"before": load_before, "after": _load_average()},

@@ -19,7 +19,9 @@ Draw i of the main run uses ``fold_in(k, i)`` with ``k`` the first key of
 normal directions at every σ.
 
 Devices: draws are sharded over every visible device (``--devices all``,
-the default; ``--devices 1`` keeps one), with identical results. Multi-host
+the default; ``--devices 1`` keeps one), with identical results. On a CPU
+host the cores are first presented as one device each (``--cpu-devices``,
+default ``auto``), so the draws' shards run concurrently. Multi-host
 (``--distributed``): start the same command on every host; each calls
 ``jax.distributed.initialize()`` (cluster auto-detection on SLURM, Open MPI
 and Cloud TPU, or ``--coordinator-address``, ``--num-processes``,
@@ -94,7 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--chunk-size", type=common.positive_int, default=None,
                  help="draws vmapped together (default: 1 on CPU, 16 else)")
   p.add_argument("--batch-size", type=common.positive_int, default=None,
-                 help="test images per forward pass (default: 100 on CPU, "
+                 help="test images per forward pass (default: 50 on CPU, "
                  "1000 else)")
   p.add_argument("--segment-draws", type=common.positive_int, default=None,
                  help="draws between saves (default 16 x chunk size)")
@@ -107,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   dist.add_argument("--devices", choices=("all", "1"), default="all",
                     help="shard draws over all visible devices (default) "
                     "or use one")
+  common.add_cpu_devices_flag(dist)
   dist.add_argument("--distributed", action="store_true",
                     help="multi-host: call jax.distributed.initialize() "
                     "first (auto-detects SLURM / Open MPI / Cloud TPU)")
@@ -361,14 +364,15 @@ def device_mesh(args: argparse.Namespace) -> jax.sharding.Mesh | None:
   if args.distributed:
     jax.distributed.initialize(args.coordinator_address, args.num_processes,
                                args.process_id)
-  if args.devices == "1" or jax.device_count() == 1:
+  if args.devices == "1":
     return None
-  return jax.make_mesh((jax.device_count(),), ("samples",))
+  return common.draw_mesh()
 
 
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  common.request_cpu_devices(args)
   mesh = device_mesh(args)
   timer = common.Timer()
   with timer("load"):

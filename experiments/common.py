@@ -205,6 +205,34 @@ def add_data_parallel_flag(parser: argparse.ArgumentParser) -> None:
       "rounding)")
 
 
+def cpu_devices_arg(text: str) -> int | None:
+  """``auto`` (one CPU device per available core) or a positive integer."""
+  return None if text == "auto" else positive_int(text)
+
+
+def add_cpu_devices_flag(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+      "--cpu-devices", type=cpu_devices_arg, default=None, metavar="N|auto",
+      help="on a CPU host, present the cores as N JAX devices so that "
+      "certification's draws run concurrently, one shard per device "
+      "(default auto: one per available core; same accuracies; "
+      "jaxue.parallel.request_cpu_devices). Ignored when XLA_FLAGS sets "
+      "--xla_force_host_platform_device_count or JAX has already started")
+
+
+def request_cpu_devices(args: argparse.Namespace) -> None:
+  """Applies ``--cpu-devices``; call before anything runs a JAX op."""
+  parallel.request_cpu_devices(getattr(args, "cpu_devices", None))
+
+
+def draw_mesh() -> jax.sharding.Mesh | None:
+  """Certification's draw mesh (axis "samples") over every device of the
+  default backend, every process included; None for a single device."""
+  if jax.device_count() == 1:
+    return None
+  return jax.make_mesh((jax.device_count(),), ("samples",))
+
+
 def device_scope(args: argparse.Namespace
                  ) -> contextlib.AbstractContextManager:
   """`jax.set_mesh` over every local device with ``--data-parallel``; a

@@ -83,6 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--recovery-fraction", type=float, default=0.2)
   p.add_argument("--recovery-epochs", type=common.positive_int, default=10)
   p.add_argument("--chunk-size", type=common.positive_int, default=None)
+  common.add_cpu_devices_flag(p)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   noise_lib.check_epsilon(args.epsilon)
@@ -120,6 +121,8 @@ class Stages:
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  common.request_cpu_devices(args)
+  mesh = common.draw_mesh()
   out = args.out
   stages = Stages(out)
   timer = common.Timer()
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         str(s): certify_exp.summarize(certify.sample_accuracies(
             jax.random.fold_in(k_cert, 10_000 + i), model.apply, clean,
             x_test, y_test, sigma=s, num_draws=args.sweep_draws,
-            chunk_size=args.chunk_size), args.q)
+            chunk_size=args.chunk_size, mesh=mesh), args.q)
         for i, s in enumerate(args.sigma_sweep)})
   rows = [(s, f"{v['mean']:.3f}", f"{v['q_quantile']:.3f}",
            f"{v['min']:.3f}") for s, v in sweep.items()]
@@ -252,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           k_cert, model, variables, x_test, y_test, sigma=sigma,
           num_draws=args.n, q=args.q, confidence=args.confidence,
           path=out / "draws" / f"{method}.npz", chunk_size=args.chunk_size,
-          name=method)
+          mesh=mesh, name=method)
 
   # 5. Recovery from each method's first victim.
   recovery_idx = data_lib.stratified_subset(

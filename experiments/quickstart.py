@@ -77,6 +77,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   cert.add_argument("--pue-draws", type=common.positive_int, default=2,
                     help="PUE weight draws per level in surrogate steps "
                     "(default 2 on CPU; published 100)")
+  common.add_cpu_devices_flag(cert)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   noise_lib.check_epsilon(args.epsilon)
@@ -99,6 +100,7 @@ def craft_pue(key, model, shape, x_train, y_train, num_classes, args):
 @common.cli
 def main(argv: Sequence[str] | None = None) -> dict:
   args = parse_args(argv)
+  common.request_cpu_devices(args)
   out = args.out
   out.mkdir(parents=True, exist_ok=True)
   timer = common.Timer()
@@ -272,7 +274,8 @@ def certify_stage(surrogates, model, x_test, y_test, args, timer, out):
       runs[name] = certify_exp.certify_checkpoint(
           jax.random.key(args.seed + 1), model, state.variables, x_cert,
           y_cert, sigma=args.sigma, num_draws=args.cert_draws, q=0.9,
-          confidence=0.99, name=name, verbose=False)
+          confidence=0.99, name=name, verbose=False,
+          mesh=common.draw_mesh())
   curves = {name: run["curve"].to_json()["curve"]
             for name, run in runs.items()}
   rows = [(f"{eta:g}",) + tuple("abstain" if v is None else f"{v:.3f}"

@@ -137,20 +137,22 @@ def default_chunk_size(backend: str | None = None) -> int:
 
 
 def default_batch_size(backend: str | None = None) -> int:
-  """Test images per forward pass: 100 on CPU, 1000 on GPU/TPU.
+  """Test images per forward pass: 50 on CPU, 1000 on GPU/TPU.
 
-  On XLA:CPU (2 cores, small CNN 16/32/64, 28x28, chunk 1) a draw over
-  10,000 images took 0.54-0.55 s with batches of 100 or 200 against 0.74 s
-  with 1000 and 0.88 s with 2000: small batches keep the activations in
-  cache. Since the first layer became an im2col product (whose patches are
-  9x the input), 200 is 1.7x slower than 100 and 50 about 5% faster
-  (medians of 10 paired 4-draw calls). Accelerators need large batches to
+  On XLA:CPU small batches keep the activations in the cores' caches. On 2
+  cores (small CNN 16/32/64, 28x28, chunk 1, a draw over 10,000 images):
+  an Intel Xeon ran 100 and 200 alike (0.54-0.55 s) against 0.74 s at
+  1000; once the first layer became an im2col product, 200 was 1.7x slower
+  than 100 and 50 about 5% faster. An AMD EPYC (1 MiB of L2 per core), with
+  draws sharded over 2 CPU devices, ran about 350 ms a draw at 100, 305 ms
+  at 50 and 270 ms at 25 (paired runs, 2 rounds of 3). 50 is the smallest
+  size measured faster than 100 on both. Accelerators need large batches to
   fill.
 
   Args:
     backend: as in `default_chunk_size`.
   """
-  return 100 if _on_cpu(backend) else 1000
+  return 50 if _on_cpu(backend) else 1000
 
 
 def _round_up(x: int, m: int) -> int:

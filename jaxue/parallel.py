@@ -16,6 +16,11 @@ single-device computation up to the order of floating-point sums (tested on
 8 fake CPU devices). One host with many devices; across hosts,
 certification shards its draws (`jaxue.certify.sample_accuracies`).
 
+On a CPU, `request_cpu_devices` splits the host into one JAX device per
+core before JAX starts, so that independent work -- certification's draws
+over a mesh -- runs concurrently instead of each computation spreading its
+small operations over all cores.
+
 A batch whose size the device count does not divide is padded by the
 partitioner; give the batch a multiple of the device count to keep every
 device busy.
@@ -24,6 +29,7 @@ device busy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import os
 from typing import Any
 
 import jax
@@ -31,7 +37,59 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 DATA_AXIS = "data"
 
-__all__ = ["DATA_AXIS", "data_mesh", "shard_batch"]
+__all__ = ["DATA_AXIS", "available_cores", "data_mesh", "request_cpu_devices",
+           "shard_batch"]
+
+_FORCE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def available_cores() -> int:
+  """CPU cores this process may run on (its affinity mask where known)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def request_cpu_devices(num_devices: int | None = None) -> bool:
+  """Asks JAX to present the host CPU as ``num_devices`` devices.
+
+  Each CPU device runs its computations on its own thread, sharing one pool
+  of worker threads, so computations placed on different devices -- the
+  shards of `jaxue.certify.sample_accuracies` over a draw mesh -- overlap.
+  On 2 cores, a certification draw of the small CNN over 10,000 test images
+  took about 15% less time with draws sharded over 2 CPU devices than on
+  one (same accuracies; README, "Speed against the PyTorch reference").
+  Computations placed on one device are unaffected. Accelerators are
+  unaffected too: this only sets how many CPU devices JAX creates.
+
+  Must run before JAX's first computation (the count is fixed when the CPU
+  backend starts). It changes nothing, and returns False, when the backend
+  has already started or when ``XLA_FLAGS`` already sets
+  ``--xla_force_host_platform_device_count`` (the user's choice wins).
+
+  Args:
+    num_devices: CPU devices to create; default `available_cores()`.
+
+  Returns:
+    Whether the request took effect.
+
+  Raises:
+    ValueError: ``num_devices`` is not a positive integer.
+  """
+  if num_devices is None:
+    num_devices = available_cores()
+  if isinstance(num_devices, bool) or int(num_devices) != num_devices or (
+      num_devices < 1):
+    raise ValueError(f"num_devices must be a positive integer, got "
+                     f"{num_devices!r}")
+  if _FORCE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+    return False
+  try:
+    jax.config.update("jax_num_cpu_devices", int(num_devices))
+  except RuntimeError:  # The backends have started: the count is fixed.
+    return False
+  return True
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None,

@@ -318,7 +318,7 @@ def test_accuracies_match_loop_and_chunking():
 
 
 def test_default_sizes_per_backend():
-  assert certify.default_batch_size("cpu") == 100
+  assert certify.default_batch_size("cpu") == 50
   assert certify.default_batch_size("gpu") == 1000
   assert certify.default_chunk_size("cpu") == 1
   assert certify.default_chunk_size("tpu") == 16

@@ -1,6 +1,10 @@
 """Smoke test of experiments.certify: results, resume and CLI errors."""
 
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -153,6 +157,51 @@ def test_draws_sharded_over_fake_devices_match_one_device(
                              str(tmp_path), timeout=300)
   assert proc.returncode == 0 and "DEVICES_OK" in proc.stdout, (
       proc.stderr[-4000:])
+
+
+_CPU_DEVICES_SCRIPT = """
+import json, sys
+import numpy as np
+import jax
+from experiments import certify as certify_exp
+argv = json.loads(sys.argv[1])
+split = certify_exp.main(argv + ["--out", sys.argv[2] + "/split",
+                                 "--cpu-devices", "3"])
+assert jax.device_count() == 3, jax.devices()
+one = certify_exp.main(argv + ["--out", sys.argv[2] + "/one", "--devices",
+                               "1"])
+assert split["devices"] == 3 and one["devices"] == 1
+for name in ("em-classwise", "random"):
+  a = np.load(sys.argv[2] + f"/split/accuracies-{name}.npz")["accuracies"]
+  b = np.load(sys.argv[2] + f"/one/accuracies-{name}.npz")["accuracies"]
+  np.testing.assert_array_equal(a, b)
+print("CPU_DEVICES_OK")
+"""
+
+
+def test_cpu_devices_flag_splits_the_host(setup, tmp_path):
+  tmp, data_dir = setup
+  argv = _args(tmp, data_dir, "unused")
+  argv = argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parent.parent)
+  proc = subprocess.run(
+      [sys.executable, "-c", _CPU_DEVICES_SCRIPT, json.dumps(argv),
+       str(tmp_path)], env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0 and "CPU_DEVICES_OK" in proc.stdout, (
+      proc.stderr[-4000:])
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_cpu_devices_exit_2(setup, value, capsys):
+  tmp, data_dir = setup
+  with pytest.raises(SystemExit) as e:
+    certify_exp.main(_args(tmp, data_dir, tmp / "bad") +
+                     ["--cpu-devices", value])
+  assert e.value.code == 2
+  assert "--cpu-devices" in capsys.readouterr().err
 
 
 def test_distributed_flags_need_distributed(setup, capsys):

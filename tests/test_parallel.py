@@ -1,5 +1,8 @@
 """Tests of jaxue.parallel: data-parallel training and crafting on a mesh."""
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -24,6 +27,42 @@ def test_data_mesh():
   assert mesh.size == jax.device_count()
   with pytest.raises(ValueError, match="at least one device"):
     parallel.data_mesh([])
+
+
+def test_request_cpu_devices_after_start_changes_nothing():
+  jax.devices()  # The backend has started (as in any program that ran JAX).
+  count = jax.device_count()
+  assert parallel.request_cpu_devices(count + 1) is False
+  assert jax.device_count() == count
+  for bad in (0, -2, 1.5, True):
+    with pytest.raises(ValueError, match="num_devices"):
+      parallel.request_cpu_devices(bad)
+  assert parallel.available_cores() >= 1
+
+
+_REQUEST_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax
+    from jaxue import parallel
+    took = parallel.request_cpu_devices(int(sys.argv[1]))
+    print("RESULT", took, jax.device_count(),
+          parallel.request_cpu_devices(2))
+""")
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_request_cpu_devices_before_start(forced, run_on_fake_devices):
+  if forced:  # XLA_FLAGS forces 8 devices: the user's choice wins.
+    proc = run_on_fake_devices(_REQUEST_SCRIPT, "3", timeout=120)
+    expected = "RESULT False 8 False"
+  else:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-c", _REQUEST_SCRIPT, "3"],
+                          env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    expected = "RESULT True 3 False"
+  assert expected in proc.stdout, proc.stdout + proc.stderr[-2000:]
 
 
 # 1 vs 8 fake CPU devices (subprocess: the device count is fixed at import).
