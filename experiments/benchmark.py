@@ -36,12 +36,13 @@ jaxue is faster):
   `jaxue.certify.default_batch_size()` (50 on CPU, where small batches are
   faster; 1,000 on GPU), and again at 100 and 1,000 (extra workloads
   ``certify_b100``, ``certify_b1000``; ``ratio_vs_torch_best_batch``
-  compares jaxue's default with PyTorch's fastest of these batches). jaxue: `jaxue.certify.sample_accuracies`
-  (the backend's default chunk); PyTorch: the reference's certification
-  loop (perturb the parameters in place, run the test set, restore).
-  jaxue's draws are sharded over every device, as `experiments.certify`
-  runs them; on a CPU host that is one device per core (``--cpu-devices``,
-  default auto), and one device's time is recorded as well.
+  compares jaxue's default with PyTorch's fastest of these batches).
+  jaxue: `jaxue.certify.sample_accuracies` (the backend's default chunk);
+  PyTorch: the reference's certification loop (perturb the parameters in
+  place, run the test set, restore). jaxue's draws are sharded over every
+  device, as `experiments.certify` runs them; on a CPU host that is one
+  device per core (``--cpu-devices``, default auto), and one device's time
+  is recorded as well.
 
 Both sides get the data pre-loaded as tensors (no input pipeline) and the
 PyTorch side leaves out the reference's per-image Python loops (adding noise
@@ -73,9 +74,10 @@ fields are null. Writes ``OUT/results.json``::
 Presets: the default runs 5 repeats, a 1,024-image EM subset, 100 PUE draws
 per level (the published count; draw chunks 1 and 10), 64 jaxue and 16
 PyTorch certification draws, and the SGD step at batch 256 too (an extra
-workload), and certification at batches of 100 and 1,000. ``--quick`` (under 5 minutes on 2 cores): 3 repeats, a 512-image
-EM subset, 10 PUE draws per level (draw chunks 1 and all 10), 16 jaxue and 8
-PyTorch certification draws. The size flags below override either preset.
+workload), and certification at batches of 100 and 1,000. ``--quick``
+(under 5 minutes on 2 cores): 3 repeats, a 512-image EM subset, 10 PUE
+draws per level (draw chunks 1 and all 10), 16 jaxue and 8 PyTorch
+certification draws. The size flags below override either preset.
 """
 
 from __future__ import annotations
