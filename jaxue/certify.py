@@ -144,10 +144,10 @@ def default_batch_size(backend: str | None = None) -> int:
   an Intel Xeon ran 100 and 200 alike (0.54-0.55 s) against 0.74 s at
   1000; once the first layer became an im2col product, 200 was 1.7x slower
   than 100 and 50 about 5% faster. An AMD EPYC (1 MiB of L2 per core), with
-  draws sharded over 2 CPU devices, ran about 350 ms a draw at 100, 305 ms
-  at 50 and 270 ms at 25 (paired runs, 2 rounds of 3). 50 is the smallest
-  size measured faster than 100 on both. Accelerators need large batches to
-  fill.
+  draws sharded over 2 CPU devices, ran medians of 343-352 ms a draw at
+  100, 290-323 ms at 50 and 259-300 ms at 25 (2 alternating rounds of 3
+  calls). 50 is the smallest size measured faster than 100 on both.
+  Accelerators need large batches to fill.
 
   Args:
     backend: as in `default_chunk_size`.
