@@ -269,13 +269,13 @@ def certify_stage(surrogates, model, x_test, y_test, args, timer, out):
         "(a smoke-size N: the published N = 1000 certifies larger eta; see "
         "python -m experiments.pue_certify)")
   runs = {}
+  mesh = common.draw_mesh()
   for name, state in surrogates.items():
     with timer(f"certify_{name}"):
       runs[name] = certify_exp.certify_checkpoint(
           jax.random.key(args.seed + 1), model, state.variables, x_cert,
           y_cert, sigma=args.sigma, num_draws=args.cert_draws, q=0.9,
-          confidence=0.99, name=name, verbose=False,
-          mesh=common.draw_mesh())
+          confidence=0.99, name=name, verbose=False, mesh=mesh)
   curves = {name: run["curve"].to_json()["curve"]
             for name, run in runs.items()}
   rows = [(f"{eta:g}",) + tuple("abstain" if v is None else f"{v:.3f}"
