@@ -123,6 +123,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   free.add_argument("--patch-size", type=common.positive_int, default=None,
                     help="LSP patch side; must divide the image sides "
                     "(default: side / 4)")
+  free.add_argument("--ar-min-response", type=common.positive_float,
+                    default=None,
+                    help="AR process distinctness bound "
+                    "(baselines.ar_coefficients; default: 10, the published "
+                    "CIFAR-10 bound, for up to 10 classes, else 3, the "
+                    "CIFAR-100 one)")
   p.add_argument("--seed", type=int, default=0)
   common.add_data_parallel_flag(p)
   p.add_argument("--no-resume", action="store_true",
@@ -132,6 +138,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raise common.UsageError(
         f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
   noise_lib.check_epsilon(args.epsilon)
+  if args.ar_min_response is not None and args.method != "ar":
+    raise common.UsageError("--ar-min-response applies to --method ar only")
   if args.l2_epsilon is not None:
     if args.method not in ("ar", "lsp"):
       raise common.UsageError("--l2-epsilon applies to --method ar and lsp "
@@ -309,11 +317,15 @@ def _craft_model_free(args, ds, craft_key, budget):
               "ops_values": pattern.values}
   elif args.method == "ar":
     coef_key, noise_key = jax.random.split(craft_key)
-    coefficients = baselines.ar_coefficients(coef_key, num_classes, shape[2])
+    min_response = (args.ar_min_response
+                    or baselines.ar_default_min_response(num_classes))
+    coefficients = baselines.ar_coefficients(
+        coef_key, num_classes, shape[2], min_response=min_response)
     delta = baselines.autoregressive_noise(
         noise_key, y_train, shape, num_classes=num_classes,
         epsilon=budget["l2_epsilon"], coefficients=coefficients)
-    summary = {"window": coefficients.shape[-1]}
+    summary = {"window": coefficients.shape[-1],
+               "min_response": min_response}
     arrays = {"ar_coefficients": coefficients}
   else:
     patch = args.patch_size or baselines.lsp_default_patch_size(shape)

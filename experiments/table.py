@@ -50,7 +50,9 @@ from experiments import common
 from experiments import craft
 from experiments import evaluate
 from experiments import figures
+from jaxue import baselines
 from jaxue import checkpoint
+from jaxue import data as data_lib
 from jaxue import defences as defences_lib
 from jaxue import models
 from jaxue import noise as noise_lib
@@ -123,6 +125,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument("--error-max-steps", type=common.positive_int, default=20,
                  help="PGD steps of error-max noise (default 20, of "
                  "eps / 10)")
+  p.add_argument("--ar-min-response", type=common.positive_float,
+                 default=None,
+                 help="AR process distinctness bound (default: the "
+                 "published one for the class count; see experiments.craft)")
   p.add_argument("--seed", type=int, default=0)
   common.add_data_parallel_flag(p)
   args = p.parse_args(argv)
@@ -204,6 +210,12 @@ def craft_argv(args: argparse.Namespace, method: str, out: pathlib.Path
     for name in craft.REM_FLAGS:
       if getattr(args, name) is not None:
         argv += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+  elif method == "ar":
+    # Always explicit, so a cell crafted under another default bound is
+    # reported as other settings instead of being reused.
+    bound = args.ar_min_response or baselines.ar_default_min_response(
+        data_lib.get_info(args.dataset).num_classes)
+    argv += ["--ar-min-response", repr(bound)]
   elif method.startswith("error-max"):
     argv += ["--clean-epochs", str(args.clean_epochs),
              "--pgd-steps", str(args.error_max_steps),

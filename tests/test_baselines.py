@@ -270,9 +270,43 @@ def test_clear_errors(call, message):
   assert message in str(error.value)
 
 
+def test_ar_default_min_response_follows_the_published_sets():
+  assert baselines.ar_default_min_response(10) == 10.0  # CIFAR-10's bound.
+  assert baselines.ar_default_min_response(2) == 10.0
+  assert baselines.ar_default_min_response(11) == 3.0
+  assert baselines.ar_default_min_response(100) == 3.0  # CIFAR-100's.
+
+
+def test_ar_coefficients_default_bound_and_its_effect(ar_coefs):
+  """None means the published bound for the class count; a stricter bound
+  rejects candidates a looser one accepts, so it picks other processes
+  whose matching filters respond more to each other's fields."""
+  np.testing.assert_array_equal(
+      ar_coefs, baselines.ar_coefficients(jax.random.key(7), K, 1,
+                                          min_response=10.0))
+  loose = baselines.ar_coefficients(jax.random.key(7), K, 1, min_response=0.0)
+  assert not np.array_equal(loose, ar_coefs)
+
+  labels = np.repeat(np.arange(K), 30)
+
+  def weakest_cross_response(coefs):
+    fields = baselines.autoregressive_noise(
+        jax.random.key(3), labels, (32, 32, 1), num_classes=K,
+        coefficients=coefs)
+    response = np.stack([np.abs(baselines.ar_residual(fields, c)).sum(
+        (1, 2, 3)) for c in coefs], 1)
+    per_class = np.stack([response[labels == k].mean(0) for k in range(K)])
+    return per_class[~np.eye(K, dtype=bool)].min()
+
+  assert weakest_cross_response(ar_coefs) > weakest_cross_response(loose)
+
+
 def test_ar_coefficients_errors():
   with pytest.raises(ValueError, match="window must be an integer"):
     baselines.ar_coefficients(jax.random.key(0), K, 1, window=1)
   with pytest.raises(ValueError, match="found only"):
     baselines.ar_coefficients(jax.random.key(0), K, 1, min_response=1e9,
                               max_candidates=10)
+  for bad in (-1.0, float("nan")):
+    with pytest.raises(ValueError, match="min_response must be a finite"):
+      baselines.ar_coefficients(jax.random.key(0), K, 1, min_response=bad)

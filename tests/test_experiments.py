@@ -240,6 +240,22 @@ def test_table_passes_error_max_surrogate_augmentation(tmp_path, flag,
       table.craft_argv(args, "random", tmp_path / "random"))
 
 
+@pytest.mark.parametrize("flag,bound", [([], 10.0),
+                                        (["--ar-min-response", "3"], 3.0)])
+def test_table_keys_ar_cells_by_their_distinctness_bound(tmp_path, flag,
+                                                         bound):
+  """The AR cell's command always names its bound, so a cell crafted under
+  another one (e.g. the old default, 3) is never reused silently."""
+  from experiments import table
+  args = table.parse_args(["--out", str(tmp_path / "t"), "--methods",
+                           "ar,lsp"] + flag)
+  argv = table.craft_argv(args, "ar", tmp_path / "ar")
+  assert argv[argv.index("--ar-min-response") + 1] == repr(bound)
+  assert craft.parse_args(argv).ar_min_response == bound
+  assert "--ar-min-response" not in table.craft_argv(args, "lsp",
+                                                     tmp_path / "lsp")
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--defences", "none,magic"], "unknown defence(s) ['magic']"),
     (["--methods", "clean,clean"], "lists a method twice"),
@@ -296,10 +312,16 @@ def test_craft_model_free_ops_lsp_and_ar(tmp_path, capsys):
   assert ar["noise_l2_max"] <= 0.5 + 1e-4
   with np.load(tmp_path / "ar" / "noise.npz") as f:
     assert f["ar_coefficients"].shape[:2] == (10, 1)
+  # Ten classes: the published CIFAR-10 distinctness bound by default.
+  assert ar["craft"]["min_response"] == 10.0
 
   capsys.readouterr()
   for argv, message in [(["--method", "ops", "--l2-epsilon", "1"],
                          "--l2-epsilon applies to --method ar and lsp"),
+                        (["--method", "lsp", "--ar-min-response", "3"],
+                         "--ar-min-response applies to --method ar only"),
+                        (["--method", "ar", "--ar-min-response", "-1"],
+                         "must be a finite number > 0"),
                         (["--method", "lsp", "--patch-size", "5"],
                          "patch_size 5 does not divide the 28x28")]:
     with pytest.raises(SystemExit):
