@@ -297,6 +297,13 @@ def _budget(args: argparse.Namespace, shape) -> tuple[dict, str]:
   return {}, f"eps = {common.epsilon_label(args.epsilon)}"
 
 
+def ar_min_response(args: argparse.Namespace, num_classes: int) -> float:
+  """The AR distinctness bound of a run: ``--ar-min-response`` or the
+  published one for the class count."""
+  return (args.ar_min_response
+          or baselines.ar_default_min_response(num_classes))
+
+
 def _craft_model_free(args, ds, craft_key, budget):
   """Random noise and the OPS / AR / LSP baselines: no surrogate."""
   x_train, y_train = ds["train"]
@@ -317,8 +324,7 @@ def _craft_model_free(args, ds, craft_key, budget):
               "ops_values": pattern.values}
   elif args.method == "ar":
     coef_key, noise_key = jax.random.split(craft_key)
-    min_response = (args.ar_min_response
-                    or baselines.ar_default_min_response(num_classes))
+    min_response = ar_min_response(args, num_classes)
     coefficients = baselines.ar_coefficients(
         coef_key, num_classes, shape[2], min_response=min_response)
     delta = baselines.autoregressive_noise(

@@ -50,7 +50,6 @@ from experiments import common
 from experiments import craft
 from experiments import evaluate
 from experiments import figures
-from jaxue import baselines
 from jaxue import checkpoint
 from jaxue import data as data_lib
 from jaxue import defences as defences_lib
@@ -213,8 +212,8 @@ def craft_argv(args: argparse.Namespace, method: str, out: pathlib.Path
   elif method == "ar":
     # Always explicit, so a cell crafted under another default bound is
     # reported as other settings instead of being reused.
-    bound = args.ar_min_response or baselines.ar_default_min_response(
-        data_lib.get_info(args.dataset).num_classes)
+    bound = craft.ar_min_response(
+        args, data_lib.get_info(args.dataset).num_classes)
     argv += ["--ar-min-response", repr(bound)]
   elif method.startswith("error-max"):
     argv += ["--clean-epochs", str(args.clean_epochs),

@@ -446,9 +446,8 @@ def ar_coefficients(key: jax.Array, num_classes: int, channels: int,
      2 CPU cores: ten 1-channel processes at 10 take 1-33 s (key
      dependent), ten 3-channel ones 73-77 s (two keys; just over 200,000
      draws), hence the 2,000,000-draw budget and the progress bar; a
-     hundred at 3 take about 20 s. A
-     stricter bound gives more distinct classes and a stronger shortcut
-     (see `ar_default_min_response`).
+     hundred at 3 take about 20 s. A stricter bound gives more distinct
+     classes and a stronger shortcut (see `ar_default_min_response`).
 
   Candidate i is drawn from ``fold_in(key, i)``, so the result depends
   only on the key and the arguments.
