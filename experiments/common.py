@@ -30,6 +30,11 @@ CPU_WIDTHS = (16, 32, 64)
 CLASSWISE = ("em-classwise", "pue-classwise", "lsp")
 
 
+def noise_mode(method: str) -> str:
+  """The ``mode`` of a method's noise (`noise.release`'s argument)."""
+  return "classwise" if method in CLASSWISE else "samplewise"
+
+
 class UsageError(ValueError):
   """A bad flag value; reported as one line, no traceback."""
 

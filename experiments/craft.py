@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   linf = args.method not in NOT_LINF
   released = noise_lib.release(
       x_train, y_train, delta, epsilon=args.epsilon if linf else None,
-      classwise=args.method in common.CLASSWISE)
+      mode=common.noise_mode(args.method))
   checkpoint.save_npz(out / "noise.npz", noise=delta,
                       train_indices=ds["indices"], labels=y_train, **arrays)
   checkpoint.save_npz(out / "released.npz", images=released, labels=y_train,
@@ -307,39 +307,35 @@ def ar_min_response(args: argparse.Namespace, num_classes: int) -> float:
 def _craft_model_free(args, ds, craft_key, budget):
   """Random noise and the OPS / AR / LSP baselines: no surrogate."""
   x_train, y_train = ds["train"]
-  num_classes, shape = ds["num_classes"], tuple(ds["image_shape"])
+  num_classes = ds["num_classes"]
   summary, arrays = {}, {}
   if args.method == "random":
-    delta = np.asarray(noise_lib.random_noise(craft_key, x_train.shape,
-                                              epsilon=args.epsilon))
+    result = noise_lib.uniform_noise(craft_key, x_train, y_train,
+                                     num_classes=num_classes,
+                                     epsilon=args.epsilon)
   elif args.method == "ops":
-    pattern = baselines.one_pixel_shortcut(x_train, y_train,
-                                           num_classes=num_classes)
-    delta = baselines.ops_noise(x_train, y_train, num_classes=num_classes,
-                                pattern=pattern)
-    summary = {"positions": pattern.positions.tolist(),
-               "values": pattern.values.tolist(),
-               "scores": pattern.scores.tolist()}
-    arrays = {"ops_positions": pattern.positions,
-              "ops_values": pattern.values}
+    result = baselines.one_pixel_shortcut_noise(x_train, y_train,
+                                                num_classes=num_classes)
+    info = result.info
+    summary = {"positions": info["positions"].tolist(),
+               "values": info["values"].tolist(),
+               "scores": info["scores"].tolist()}
+    arrays = {"ops_positions": info["positions"],
+              "ops_values": info["values"]}
   elif args.method == "ar":
-    coef_key, noise_key = jax.random.split(craft_key)
-    min_response = ar_min_response(args, num_classes)
-    coefficients = baselines.ar_coefficients(
-        coef_key, num_classes, shape[2], min_response=min_response)
-    delta = baselines.autoregressive_noise(
-        noise_key, y_train, shape, num_classes=num_classes,
-        epsilon=budget["l2_epsilon"], coefficients=coefficients)
-    summary = {"window": coefficients.shape[-1],
-               "min_response": min_response}
-    arrays = {"ar_coefficients": coefficients}
+    result = baselines.autoregressive_noise(
+        craft_key, x_train, y_train, num_classes=num_classes,
+        epsilon=budget["l2_epsilon"],
+        min_response=ar_min_response(args, num_classes))
+    summary = {"window": result.info["window"],
+               "min_response": result.info["min_response"]}
+    arrays = {"ar_coefficients": result.info["coefficients"]}
   else:
-    patch = args.patch_size or baselines.lsp_default_patch_size(shape)
-    delta = baselines.linear_separable_patches(
-        craft_key, y_train, shape, num_classes=num_classes,
-        epsilon=budget["l2_epsilon"], patch_size=patch)
-    summary = {"patch_size": patch}
-  return delta, summary, arrays
+    result = baselines.linear_separable_noise(
+        craft_key, x_train, y_train, num_classes=num_classes,
+        epsilon=budget["l2_epsilon"], patch_size=args.patch_size or None)
+    summary = {"patch_size": result.info["patch_size"]}
+  return result.noise, summary, arrays
 
 
 def _craft_em(args, ds, model, init_key, craft_key):
@@ -426,16 +422,19 @@ def _craft_rem(args, ds, model, init_key, craft_key):
 def _craft_error_max(args, ds, model, init_key, craft_key):
   """A clean surrogate, then sample-wise PGD against it."""
   x_train, y_train = ds["train"]
-  delta, surrogate, summary = noise_lib.error_max_from_clean(
-      init_key, craft_key, model, x_train, y_train, test=ds["test"],
+  del craft_key  # The attack starts from zero: only the surrogate is random.
+  result = noise_lib.error_max_from_clean(
+      init_key, model, x_train, y_train, test=ds["test"],
       num_classes=ds["num_classes"], epsilon=args.epsilon,
       clean_epochs=args.clean_epochs,
       surrogate_augment=args.surrogate_augment,
       steps=args.pgd_steps if args.pgd_steps is not None else 20,
       targeted=args.method == "error-max-targeted")
   print("clean surrogate: test accuracy "
-        f"{summary['surrogate_test_accuracy']:.3f}")
-  return delta, surrogate, summary
+        f"{result.info['surrogate_test_accuracy']:.3f}")
+  summary = {k: v for k, v in result.info.items()
+             if k not in ("method", "mode")}
+  return result.noise, result.surrogate, summary
 
 
 def _save_resume(resume_dir: pathlib.Path, args: argparse.Namespace,

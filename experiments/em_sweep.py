@@ -75,7 +75,7 @@ def run_cell(args, name: str, method: str, epsilon: float | None,
     images = x_train
   elif method == "random":
     delta = noise_lib.random_noise(key, x_train.shape, epsilon=epsilon)
-    images = noise_lib.release(x_train, y_train, delta)
+    images = noise_lib.release(x_train, y_train, delta, mode="samplewise")
   else:
     surrogate = train.create_train_state(
         jax.random.fold_in(key, 0), model, data["image_shape"],
@@ -86,7 +86,7 @@ def run_cell(args, name: str, method: str, epsilon: float | None,
         epsilon=epsilon, max_rounds=args.max_rounds, progress=name)
     images = noise_lib.release(x_train, y_train, result.noise,
                                epsilon=epsilon,
-                               classwise=method in common.CLASSWISE)
+                               mode=common.noise_mode(method))
     craft = {"rounds": len(result.history["accuracy"]),
              "converged": result.converged,
              "final_noisy_accuracy": result.history["accuracy"][-1]}

@@ -72,16 +72,17 @@ def run_cell(args, name: str, surrogate: int | None, augment: bool,
   cell = {"name": name}
   images = x_train
   if surrogate is not None:
-    delta, _, summary = noise_lib.error_max_from_clean(
-        jax.random.fold_in(key, 1000 + surrogate),
-        jax.random.fold_in(key, 2000 + surrogate), model, x_train, y_train,
+    crafted = noise_lib.error_max_from_clean(
+        jax.random.fold_in(key, 1000 + surrogate), model, x_train, y_train,
         test=data["test"], num_classes=data["num_classes"],
         epsilon=args.epsilon, clean_epochs=args.clean_epochs,
         surrogate_augment=augment, steps=args.pgd_steps,
         progress=f"{name} surrogate")
-    images = noise_lib.release(x_train, y_train, delta, epsilon=args.epsilon)
+    images = noise_lib.release(x_train, y_train, crafted.noise,
+                               epsilon=args.epsilon, mode="samplewise")
     cell.update(surrogate=surrogate, surrogate_augment=augment,
-                surrogate_test_accuracy=summary["surrogate_test_accuracy"],
+                surrogate_test_accuracy=crafted.info[
+                    "surrogate_test_accuracy"],
                 craft_seconds=round(time.perf_counter() - start, 1))
   _, histories = train.train_victims(
       key, model, images, y_train, seeds=args.seeds, test=data["test"],

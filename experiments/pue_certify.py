@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       with np.load(noise_path) as f:
         released[method] = noise_lib.release(
             x_train, y_train, f["noise"], epsilon=args.epsilon,
-            classwise=method in common.CLASSWISE)
+            mode=common.noise_mode(method))
     print(f"{method}: {craft_info[method]['rounds']} rounds "
           f"({craft_info[method]['robust_rounds']} robust), converged "
           f"{craft_info[method]['converged']}")

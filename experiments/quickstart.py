@@ -145,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                         epsilon=args.epsilon)
   released = {
       "clean": x_train,
-      "random": noise_lib.release(x_train, y_train, random_delta),
+      "random": noise_lib.release(x_train, y_train, random_delta,
+                                  mode="samplewise"),
       args.method: noise_lib.release(
           x_train, y_train, crafted.noise, epsilon=args.epsilon,
-          classwise=args.method in common.CLASSWISE),
+          mode=common.noise_mode(args.method)),
   }
   checkpoint.save_npz(out / "noise.npz", noise=crafted.noise,
                       train_indices=ds["indices"], labels=y_train)
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"({sum(pue.history['robust'])} robust), "
           f"{timer.seconds['craft_pue']:.0f} s")
     released["pue-classwise"] = noise_lib.release(
-        x_train, y_train, pue.noise, epsilon=args.epsilon, classwise=True)
+        x_train, y_train, pue.noise, epsilon=args.epsilon, mode="classwise")
     surrogates["pue-classwise"] = pue.surrogate
     checkpoint.save_model(out / "surrogate-pue", pue.surrogate,
                           model=model_spec, input_shape=shape,

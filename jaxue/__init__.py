@@ -6,14 +6,17 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 
 * `jaxue.data`: datasets (offline IDX / CIFAR-binary readers, TFDS),
   stratified subsets, batching, augmentation.
-* `jaxue.models`: the PUE small CNN and the CIFAR ResNet-18 as `Model`s.
-* `jaxue.train`: `TrainState`, `train_step`, `fit`, `evaluate`.
+* `jaxue.models`: the PUE small CNN and the CIFAR ResNet-18 as `Model`s;
+  `functional` wraps any linen module taking ``(x, train)`` into one.
+* `jaxue.train`: `TrainState`, `train_step`, `fit`, `evaluate`,
+  `AdversarialConfig`.
 * `jaxue.pgd`: projected gradient descent/ascent on inputs.
-* `jaxue.noise`: EM crafting (the min-min loop), random noise,
-  error-maximizing noise, `release`, partial protection.
+* `jaxue.noise`: EM crafting (the min-min loop, `EMConfig`), random noise,
+  error-maximizing noise, `CraftResult`, `release`, partial protection.
 * `jaxue.pue`: provably unlearnable examples (Wang et al., NDSS 2025): EM
-  against randomly perturbed weights.
-* `jaxue.rem`: robust error-minimizing noise (Fu et al., ICLR 2022).
+  against randomly perturbed weights (`PUEConfig`).
+* `jaxue.rem`: robust error-minimizing noise (Fu et al., ICLR 2022;
+  `REMConfig`).
 * `jaxue.baselines`: the model-free baselines: One-Pixel Shortcut (OPS),
   autoregressive (AR) and linearly separable patch (LSP) perturbations.
 * `jaxue.defences`: training-time defences (cutout, mixup, cutmix,
@@ -25,6 +28,18 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 * `jaxue.parallel`: data-parallel training and crafting over a device
   mesh (``with jax.set_mesh(jaxue.parallel.data_mesh()): ...``).
 * `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
+
+Conventions. Every crafting method returns a `CraftResult` ``(noise,
+surrogate, history, converged, info)`` (``surrogate`` None for model-free
+methods): `error_minimizing_noise`, `provably_unlearnable_noise`,
+`robust_error_minimizing_noise`, `error_maximizing_noise`,
+`error_max_from_clean`, `uniform_noise`, `one_pixel_shortcut_noise`,
+`autoregressive_noise`, `linear_separable_noise`. Functions that sample
+take their key first; steps (`train_step`, ...) take the state first so
+they compose with `lax.scan`. Noise is ``mode="classwise"`` or
+``"samplewise"`` everywhere, including `release`. `sample_accuracies`
+certifies any classifier: a jaxue `Model`, a plain ``apply(params, x)``,
+or a flax linen or NNX module.
 """
 
 from jaxue import baselines
@@ -41,18 +56,32 @@ from jaxue import pue
 from jaxue import recover
 from jaxue import rem
 from jaxue import train
+from jaxue.baselines import autoregressive_noise
+from jaxue.baselines import linear_separable_noise
+from jaxue.baselines import one_pixel_shortcut_noise
 from jaxue.certify import certified_learnability
 from jaxue.certify import learnability_curve
 from jaxue.certify import min_draws
 from jaxue.certify import sample_accuracies
 from jaxue.data import load
+from jaxue.models import functional
 from jaxue.models import make_model
+from jaxue.models import Model
+from jaxue.noise import CraftResult
+from jaxue.noise import EMConfig
+from jaxue.noise import error_max_from_clean
+from jaxue.noise import error_maximizing_noise
 from jaxue.noise import error_minimizing_noise
 from jaxue.noise import random_noise
 from jaxue.noise import release
+from jaxue.noise import uniform_noise
 from jaxue.pue import provably_unlearnable_noise
+from jaxue.pue import PUEConfig
 from jaxue.recover import recover as recover_weights
 from jaxue.recover import recovery_curve
+from jaxue.rem import REMConfig
+from jaxue.rem import robust_error_minimizing_noise
+from jaxue.train import AdversarialConfig
 from jaxue.train import create_train_state
 from jaxue.train import evaluate
 from jaxue.train import fit
@@ -62,9 +91,13 @@ from jaxue.train import train_victim
 __version__ = "0.1.0"
 
 __all__ = [
-    "certified_learnability", "create_train_state", "error_minimizing_noise",
-    "evaluate", "fit", "learnability_curve", "load", "make_model",
-    "min_draws", "provably_unlearnable_noise", "random_noise",
-    "recover_weights", "recovery_curve", "release", "sample_accuracies",
-    "train_step", "train_victim",
+    "AdversarialConfig", "CraftResult", "EMConfig", "Model", "PUEConfig",
+    "REMConfig", "autoregressive_noise", "certified_learnability",
+    "create_train_state", "error_max_from_clean", "error_maximizing_noise",
+    "error_minimizing_noise", "evaluate", "fit", "functional",
+    "learnability_curve", "linear_separable_noise", "load", "make_model",
+    "min_draws", "one_pixel_shortcut_noise", "provably_unlearnable_noise",
+    "random_noise", "recover_weights", "recovery_curve", "release",
+    "robust_error_minimizing_noise", "sample_accuracies", "train_step",
+    "train_victim", "uniform_noise",
 ]

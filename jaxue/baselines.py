@@ -2,22 +2,27 @@
 
 Three baselines that need no surrogate network, each with its own budget:
 
-* `one_pixel_shortcut` / `ops_noise`: One-Pixel Shortcut (Wu et al.,
-  "One-Pixel Shortcut: On the Learning Preference of Deep Neural Networks",
-  ICLR 2023, Sec. 3): every image of class k gets one pixel, at a
-  class-wise position, set to a class-wise corner of the colour cube
-  (an L0 budget of one pixel).
-* `autoregressive_noise`: autoregressive perturbations (Sandoval-Segura et
-  al., "Autoregressive Perturbations for Data Poisoning", NeurIPS 2022,
-  Sec. 3): every image gets its own sample of its class's causal AR
-  process, scaled to an L2 norm of epsilon (1.0 on CIFAR-10).
-* `linear_separable_patches`: the synthetic, linearly separable patch noise
-  of Yu et al. ("Availability Attacks Create Shortcuts", KDD 2022, Sec. 4),
-  class-wise, scaled to an L2 norm of epsilon.
+* `one_pixel_shortcut_noise` (search: `one_pixel_shortcut`, array:
+  `ops_noise`): One-Pixel Shortcut (Wu et al., "One-Pixel Shortcut: On the
+  Learning Preference of Deep Neural Networks", ICLR 2023, Sec. 3): every
+  image of class k gets one pixel, at a class-wise position, set to a
+  class-wise corner of the colour cube (an L0 budget of one pixel).
+* `autoregressive_noise` (processes: `ar_coefficients`, array: `ar_noise`):
+  autoregressive perturbations (Sandoval-Segura et al., "Autoregressive
+  Perturbations for Data Poisoning", NeurIPS 2022, Sec. 3): every image
+  gets its own sample of its class's causal AR process, scaled to an L2
+  norm of epsilon (1.0 on CIFAR-10).
+* `linear_separable_noise` (array: `linear_separable_patches`): the
+  synthetic, linearly separable patch noise of Yu et al. ("Availability
+  Attacks Create Shortcuts", KDD 2022, Sec. 4), class-wise, scaled to an
+  L2 norm of epsilon.
 
-All return float32 perturbations in [-1, 1] that `jaxue.noise.release`
-accepts; call it without ``epsilon`` (that argument checks an L-inf
-budget, which these attacks do not have).
+The method-level functions (``*_noise`` above, except the array-level
+`ops_noise` and `ar_noise`) return a `jaxue.noise.CraftResult` with
+``surrogate=None`` and the method's arrays in ``info``, like every other
+crafting method. All perturbations are float32 in [-1, 1] that
+`jaxue.noise.release` accepts; call it without ``epsilon`` (that argument
+checks an L-inf budget, which these attacks do not have).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxue import data as data_lib
+from jaxue.noise import CraftResult
 
 # ---------------------------------------------------------------------------
 # Shared validation.
@@ -262,6 +268,37 @@ def ops_noise(images: np.ndarray, labels: np.ndarray, *, num_classes: int,
   return noise
 
 
+def one_pixel_shortcut_noise(images: np.ndarray, labels: np.ndarray, *,
+                             num_classes: int,
+                             pattern: OPSPattern | None = None
+                             ) -> CraftResult:
+  """One-Pixel Shortcut as a crafting method (Wu et al., ICLR 2023, Sec.
+  3): `one_pixel_shortcut` (unless ``pattern`` is given), then `ops_noise`.
+
+  Deterministic: no key. The noise is sample-wise (each image's pixel moves
+  to its class's colour).
+
+  Args:
+    images: uint8 NHWC images.
+    labels: integer labels.
+    num_classes: number of classes.
+    pattern: the shortcut to apply; searched on these images when None.
+
+  Returns:
+    A `jaxue.noise.CraftResult` with ``surrogate=None``; ``info`` holds the
+    pattern's ``positions``, ``values`` and ``scores`` (arrays) and
+    ``pixels_changed=1``.
+  """
+  if pattern is None:
+    pattern = one_pixel_shortcut(images, labels, num_classes=num_classes)
+  noise = ops_noise(images, labels, num_classes=num_classes, pattern=pattern)
+  return CraftResult(noise, info={
+      "method": "ops", "mode": "samplewise", "pixels_changed": 1,
+      "positions": np.asarray(pattern.positions),
+      "values": np.asarray(pattern.values),
+      "scores": np.asarray(pattern.scores)})
+
+
 # ---------------------------------------------------------------------------
 # AR: autoregressive perturbations.
 # ---------------------------------------------------------------------------
@@ -412,7 +449,7 @@ def ar_default_min_response(num_classes: int) -> float:
   The bound matters. On the whole Fashion-MNIST training set (L2 1.0,
   small CNN 16/32/64, 8-epoch victims, clean 0.92), releases screened at
   3 left victims at 0.52-0.73 over four craft seeds, those screened at 10
-  at 0.35-0.47 (``experiments/results/ar_distinctness.json``).
+  at 0.35-0.47 (``experiments/baselines/ar_distinctness.json``).
   """
   return 10.0 if num_classes <= 10 else 3.0
 
@@ -535,14 +572,13 @@ def _ar_generate(key, coefs, epsilon, *, image_shape, window, crop,
   return jax.lax.map(one, (keys, coefs), batch_size=batch_size)
 
 
-def autoregressive_noise(key: jax.Array, labels: np.ndarray,
-                         image_shape: tuple[int, int, int], *,
-                         num_classes: int, epsilon: float = 1.0,
-                         window: int = 3, crop: int = 4,
-                         coefficients: np.ndarray | None = None,
-                         batch_size: int = 1024) -> np.ndarray:
-  """Autoregressive (AR) perturbations (Sandoval-Segura et al., NeurIPS
-  2022, Sec. 3).
+def ar_noise(key: jax.Array, labels: np.ndarray,
+             image_shape: tuple[int, int, int], *, num_classes: int,
+             epsilon: float = 1.0, window: int = 3, crop: int = 4,
+             coefficients: np.ndarray | None = None,
+             batch_size: int = 1024) -> np.ndarray:
+  """Autoregressive (AR) perturbations as an array (Sandoval-Segura et al.,
+  NeurIPS 2022, Sec. 3); the method-level form is `autoregressive_noise`.
 
   Each class k has one causal AR process per channel (`ar_coefficients`):
   ``x[i, j] = sum_{a, b} beta_k[a, b] * x[i - w + 1 + a, j - w + 1 + b]``
@@ -614,6 +650,59 @@ def autoregressive_noise(key: jax.Array, labels: np.ndarray,
         f"{image_shape[1] + crop} canvas; use another key or pass stabler "
         "coefficients")
   return np.clip(noise, -1.0, 1.0)
+
+
+def autoregressive_noise(key: jax.Array, images: np.ndarray,
+                         labels: np.ndarray, *, num_classes: int,
+                         epsilon: float = 1.0, window: int = 3,
+                         crop: int = 4,
+                         coefficients: np.ndarray | None = None,
+                         min_response: float | None = None,
+                         batch_size: int = 1024,
+                         progress: bool = True) -> CraftResult:
+  """Autoregressive perturbations as a crafting method (Sandoval-Segura et
+  al., NeurIPS 2022, Sec. 3): `ar_coefficients` (unless ``coefficients``
+  are given), then one sample per image (`ar_noise`).
+
+  Args:
+    key: randomness: ``coef_key, noise_key = split(key)`` draw the
+      processes and the samples.
+    images: uint8 NHWC images (their shape sets the noise's).
+    labels: integer labels.
+    num_classes: number of classes.
+    epsilon: the L2 norm of every image's perturbation ([0, 1] units).
+    window: w, the AR window.
+    crop: rows/columns cut from the top-left of the canvas (>= w - 1).
+    coefficients: (num_classes, C, w, w) processes to use; searched when
+      None.
+    min_response: the search's distinctness bound (None:
+      `ar_default_min_response`).
+    batch_size: images generated at once (a memory knob).
+    progress: the search's progress bar.
+
+  Returns:
+    A `jaxue.noise.CraftResult` with ``surrogate=None``, sample-wise noise,
+    and ``info`` with ``coefficients`` (array), ``window``,
+    ``min_response`` and ``l2_epsilon``.
+  """
+  images = np.asarray(images)
+  data_lib.check_dataset(images, np.asarray(labels), num_classes=num_classes)
+  shape = tuple(images.shape[1:])
+  coef_key, noise_key = jax.random.split(key)
+  if coefficients is None:
+    if min_response is None:
+      min_response = ar_default_min_response(num_classes)
+    coefficients = ar_coefficients(coef_key, num_classes, shape[2], window,
+                                   min_response=min_response,
+                                   progress=progress)
+  noise = ar_noise(noise_key, labels, shape, num_classes=num_classes,
+                   epsilon=epsilon, window=window, crop=crop,
+                   coefficients=coefficients, batch_size=batch_size)
+  return CraftResult(noise, info={
+      "method": "ar", "mode": "samplewise",
+      "coefficients": np.asarray(coefficients, np.float32),
+      "window": int(window), "min_response": min_response,
+      "l2_epsilon": float(epsilon)})
 
 
 # ---------------------------------------------------------------------------
@@ -698,3 +787,39 @@ def linear_separable_patches(key: jax.Array, labels: np.ndarray,
   # _l2_normalise works on channel-first fields; the norm is layout-free.
   noise, _ = _l2_normalise(patterns, epsilon)
   return np.clip(np.asarray(noise, np.float32), -1.0, 1.0)
+
+
+def linear_separable_noise(key: jax.Array, images: np.ndarray,
+                           labels: np.ndarray, *, num_classes: int,
+                           epsilon: float | None = None,
+                           patch_size: int | None = None) -> CraftResult:
+  """Linearly separable patch noise as a crafting method (Yu et al., KDD
+  2022, Sec. 4): `linear_separable_patches` for the images' shape.
+
+  Args:
+    key: randomness.
+    images: uint8 NHWC images (their shape sets the noise's).
+    labels: integer labels.
+    num_classes: number of classes.
+    epsilon: L2 norm of each class's pattern (`lsp_default_epsilon` when
+      None).
+    patch_size: side of the constant patches (`lsp_default_patch_size`
+      when None).
+
+  Returns:
+    A `jaxue.noise.CraftResult` with ``surrogate=None``, class-wise noise
+    (num_classes, H, W, C), and ``info`` with ``patch_size`` and
+    ``l2_epsilon``.
+  """
+  images = np.asarray(images)
+  data_lib.check_dataset(images, np.asarray(labels), num_classes=num_classes)
+  shape = tuple(images.shape[1:])
+  epsilon = lsp_default_epsilon(shape) if epsilon is None else epsilon
+  patch_size = (lsp_default_patch_size(shape) if patch_size is None
+                else patch_size)
+  noise = linear_separable_patches(key, labels, shape,
+                                   num_classes=num_classes, epsilon=epsilon,
+                                   patch_size=patch_size)
+  return CraftResult(noise, info={
+      "method": "lsp", "mode": "classwise", "patch_size": int(patch_size),
+      "l2_epsilon": float(epsilon)})

@@ -19,8 +19,8 @@ from typing import Any
 
 from jaxue.pipelines import options
 
-SUBCOMMANDS = ("quickstart", "craft", "evaluate", "certify", "recover",
-               "table")
+SUBCOMMANDS = ("quickstart", "craft", "evaluate", "certify", "verify",
+               "recover", "table")
 _PIPELINE_MODULE = "jaxue.pipelines.{}"
 
 
@@ -59,6 +59,18 @@ def _argparse_type(parse):
   return convert
 
 
+def _metavar(hint: Any) -> str:
+  """``N`` for counts, ``X`` for numbers, ``TEXT`` otherwise."""
+  text = str(hint)
+  if "tuple" in text:
+    return "A,B,..."
+  if "int" in text and "float" not in text:
+    return "N"
+  if "float" in text:
+    return "X"
+  return "TEXT"
+
+
 def _default_text(value: Any) -> str:
   if value is None:
     return "auto"
@@ -86,23 +98,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type
       parser.add_argument(
           options.flag(field.name), dest=field.name, default=default,
           action=argparse.BooleanOptionalAction,
-          help=f"{help_text} (default: {'on' if default else 'off'})")
+          help=help_text if "default" in help_text else
+          f"{help_text} (default: {'on' if default else 'off'})")
       continue
     kwargs: dict[str, Any] = {
         "dest": field.name, "default": default,
         "type": _argparse_type(_flag_type(field, hints)),
-        "help": f"{help_text} (default: {_default_text(default)})"}
+        "help": help_text if "default" in help_text else
+                f"{help_text} (default: {_default_text(default)})"}
     if meta.get("metavar"):
       kwargs["metavar"] = meta["metavar"]
     elif meta.get("choices") and not isinstance(default, tuple):
       kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+    else:
+      kwargs["metavar"] = _metavar(hints.get(field.name))
     parser.add_argument(options.flag(field.name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
   from jaxue import __version__
   parser = argparse.ArgumentParser(
-      prog="jaxue", description="Unlearnable examples in JAX: craft "
+      prog="jaxue", allow_abbrev=False, description="Unlearnable examples in JAX: craft "
       "protective noise, release protected data, train victims, certify "
       "(q, eta)-learnability, attack by weight recovery.")
   parser.add_argument("--version", action="version",
@@ -118,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
       continue  # A pipeline not installed in this tree.
     p = sub.add_parser(
         name, help=_summary(module), description=module.__doc__,
+        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     out_default = getattr(module, "DEFAULT_OUT", None)
     p.add_argument("--out", default=out_default,

@@ -1,11 +1,13 @@
 """Datasets, validation, batching and augmentation.
 
-Images are stored as uint8 NHWC numpy arrays with int32 labels (see DESIGN.md,
-"Core conventions"); inside jit they become float32 in [0, 1] via `to_float`.
+Images are stored as uint8 NHWC numpy arrays with int32 labels (see
+docs/design.md, "Conventions"); inside jit they become float32 in [0, 1] via
+`to_float`.
 
 `load` reads the standard raw files offline (IDX for MNIST / Fashion-MNIST, the
 CIFAR binary version, SVHN's .mat files; never Python pickles) and otherwise
-falls back to `tensorflow_datasets`. Augmentations are pure, key-driven and
+falls back to `tensorflow_datasets`, which the optional ``tfds`` extra installs
+(``pip install "jaxue[tfds]"``). Augmentations are pure, key-driven and
 jit-compatible.
 """
 
@@ -254,13 +256,29 @@ def _default_dirs(info: DatasetInfo) -> list[pathlib.Path]:
   return dirs + [pathlib.Path(d) for d in info.system_dirs]
 
 
+_TFDS_EXTRA = 'pip install "jaxue[tfds]"'
+
+
 def _tensorflow_available() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
-def _load_tfds(info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _import_tfds() -> Any:
+  """`tensorflow_datasets`, or None when it is not installed.
+
+  Imported only on this path: the default install leaves TFDS (and the
+  tensorflow it downloads with) out; the ``tfds`` extra brings them.
+  """
+  try:
+    import tensorflow_datasets  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return tensorflow_datasets
+
+
+def _load_tfds(tfds: Any, info: DatasetInfo,
+               split: str) -> tuple[np.ndarray, np.ndarray]:
   """Loads a whole split with TFDS, with or without tensorflow installed."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if _tensorflow_available():
     images, labels = tfds.as_numpy(tfds.load(
         info.tfds_name, split=split, batch_size=-1, as_supervised=True))
@@ -286,7 +304,9 @@ def load(name: str, split: str,
   /usr/share/datasets/fashion-mnist), then `tensorflow_datasets` is used.
   Without tensorflow installed, TFDS can only read a copy already prepared in
   the array_record format (`tfds.data_source`); with it, `tfds.load` downloads
-  and prepares the dataset.
+  and prepares the dataset. TFDS is the optional ``tfds`` extra
+  (``pip install "jaxue[tfds]"``); without it, data found nowhere is a
+  one-line `FileNotFoundError` that names the extra.
 
   Args:
     name: one of `DATASETS` ('fashion-mnist' is accepted for 'fashion_mnist').
@@ -313,18 +333,27 @@ def load(name: str, split: str,
           f'{info.name} ({split}): looked in {e}. Needed: '
           f'{info.how_to_get}. Put them there, or pass data_dir=None to '
           'search the standard locations and let tensorflow_datasets '
-          'download it.') from None
+          f'download it ({_TFDS_EXTRA}).') from None
   else:
     searched = []
-    for directory in _default_dirs(info):
+    directories = _default_dirs(info)
+    for directory in directories:
       try:
         images, labels = reader(directory, split)
         break
       except MissingFilesError as e:
         searched.append(str(e))
     else:
+      tfds = _import_tfds()
+      if tfds is None:
+        raise FileNotFoundError(
+            f'{info.name} ({split}): no raw files in '
+            f'{", ".join(map(str, directories))}, and tensorflow_datasets '
+            f'is not installed. Needed: {info.how_to_get}; put them there '
+            f'(or pass data_dir), or install the TFDS extra to download it: '
+            f'{_TFDS_EXTRA}') from None
       try:
-        images, labels = _load_tfds(info, split)
+        images, labels = _load_tfds(tfds, info, split)
       except Exception as e:  # pylint: disable=broad-except
         where = '\n'.join(f'  - {s}' for s in searched)
         raise FileNotFoundError(
@@ -333,9 +362,8 @@ def load(name: str, split: str,
             f'{type(e).__name__}: {e}\n'
             f'Needed: {info.how_to_get}. Put them in one of these '
             'directories (or set JAXUE_DATA_DIR, or pass data_dir); or give '
-            'TFDS network access with tensorflow installed (pip install '
-            'tensorflow), or a '
-            'copy prepared with `tfds build --file_format=array_record`.'
+            f'TFDS network access with tensorflow installed ({_TFDS_EXTRA}), '
+            'or a copy prepared with `tfds build --file_format=array_record`.'
         ) from e
   check_dataset(images, labels, num_classes=info.num_classes)
   if images.shape[1:] != info.image_shape:

@@ -10,7 +10,13 @@ shapes that plug into `jaxue.train`:
 * batch mixers ``mix(key, images, labels) -> (images, soft_targets)``:
   `mixup`, `cutmix`; pass as ``train.fit(..., mix=...)``, which then trains
   on the soft targets;
-* host-side re-encodings of the released uint8 data before training: `jpeg`.
+* host-side re-encodings of the released uint8 data before training: `jpeg`;
+* UEraser (Qin et al., 2023; `jaxue.ueraser`): its augmentation policy with
+  the max loss over K augmented copies (``train.fit(..., augment=...,
+  repeats=schedule)``), as Lite, standard and Max;
+* orthogonal projection (Sandoval-Segura et al., NeurIPS 2023;
+  `jaxue.projection`): the release's linearly learnable class directions
+  removed before training, which then runs on float images.
 
 Madry adversarial training, the defence REM is built to survive, lives in
 `jaxue.train` (`AdversarialConfig`). `make_defence` builds any of them by
@@ -29,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxue import data as data_lib
+from jaxue import projection as projection_lib
+from jaxue import ueraser as ueraser_lib
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 Mix = Callable[[jax.Array, jax.Array, jax.Array],
@@ -37,7 +45,11 @@ Mix = Callable[[jax.Array, jax.Array, jax.Array],
 # Defences applied while training a victim. "adversarial" (Madry PGD
 # training) is configured through `jaxue.train.AdversarialConfig` instead.
 DEFENCES = ("none", "augmentation", "cutout", "mixup", "cutmix", "grayscale",
-            "jpeg")
+            "jpeg", "ueraser-lite", "ueraser", "ueraser-max",
+            "orthogonal-projection")
+# UEraser's defences and their schedules of K (`jaxue.ueraser.SCHEDULES`).
+UERASER = {"ueraser-lite": "lite", "ueraser": "standard",
+           "ueraser-max": "max"}
 
 # ITU-R BT.601 luma weights, as PIL's ``convert("L")`` and torchvision's
 # ``Grayscale`` use.
@@ -231,12 +243,30 @@ class Defence(NamedTuple):
     mix: ``mix(key, images, labels) -> (images, soft targets)`` or None.
     preprocess: host-side ``preprocess(uint8 images) -> uint8 images`` run
       once on the training set, or None.
+    repeats: `jaxue.train.fit`'s K (max loss over K augmented copies): an
+      int or a schedule ``repeats(epoch, epochs) -> K``.
+    project: ``project(key, images, labels) -> jaxue.projection.Projection``
+      run once on the training set, whose float ``.images`` the victim then
+      trains on, or None.
   """
 
   name: str
   augment: Augment | None = None
   mix: Mix | None = None
   preprocess: Callable[[np.ndarray], np.ndarray] | None = None
+  repeats: int | Callable[[int, int], int] = 1
+  project: Callable[..., projection_lib.Projection] | None = None
+
+
+class _Chain(NamedTuple):
+  """Two augmentations in a row (hashable: a static jit argument)."""
+
+  first: Augment
+  second: Augment
+
+  def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
+    first_key, second_key = jax.random.split(key)
+    return self.second(second_key, self.first(first_key, images))
 
 
 def make_defence(name: str, image_shape: Sequence[int], num_classes: int, *,
@@ -245,7 +275,11 @@ def make_defence(name: str, image_shape: Sequence[int], num_classes: int, *,
   """The defence ``name`` for images of ``image_shape`` (H, W, C).
 
   Each defence is applied alone (on top of plain training without
-  augmentation), so a table column differs from "none" in one thing only.
+  augmentation), so a table column differs from "none" in one thing only;
+  the exception is UEraser, whose policy follows the standard crop (and
+  flip) as in the authors' and APBench's training scripts. Equal arguments
+  give the same `Defence` object: its functions are static arguments of the
+  jitted epoch, so every victim of a table reuses one compilation.
 
   Args:
     name: one of `DEFENCES`.
@@ -265,6 +299,15 @@ def make_defence(name: str, image_shape: Sequence[int], num_classes: int, *,
                      "train.AdversarialConfig)")
   if len(image_shape) != 3:
     raise ValueError(f"expected an image shape (H, W, C), got {image_shape}")
+  return _make_defence(name, tuple(int(d) for d in image_shape),
+                       int(num_classes), cutout_size, float(mix_alpha),
+                       jpeg_quality)
+
+
+@functools.lru_cache(maxsize=None)
+def _make_defence(name: str, image_shape: tuple[int, ...], num_classes: int,
+                  cutout_size: int | None, mix_alpha: float,
+                  jpeg_quality: int) -> Defence:
   if name == "augmentation":
     return Defence(name, augment=data_lib.default_augmentation(image_shape))
   if name == "cutout":
@@ -282,4 +325,12 @@ def make_defence(name: str, image_shape: Sequence[int], num_classes: int, *,
   if name == "jpeg":
     return Defence(name, preprocess=functools.partial(jpeg,
                                                       quality=jpeg_quality))
+  if name in UERASER:
+    policy = _Chain(data_lib.default_augmentation(image_shape),
+                    ueraser_lib.augment)
+    return Defence(name, augment=policy,
+                   repeats=ueraser_lib.schedule(UERASER[name]))
+  if name == "orthogonal-projection":
+    return Defence(name, project=functools.partial(
+        projection_lib.orthogonal_projection, num_classes=num_classes))
   return Defence(name)

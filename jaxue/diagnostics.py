@@ -25,7 +25,7 @@ All functions take the uint8 images as released and the clean originals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -203,3 +203,102 @@ def transfer(apply_fn: Callable[..., Any], variables: Any,
     out[f"loss_{name}"] = float(loss) / len(labels)
     out[f"accuracy_{name}"] = int(correct) / len(labels)
   return out
+
+
+def describe_release(clean: np.ndarray, released: np.ndarray,
+                     labels: np.ndarray, *, directions: np.ndarray,
+                     num_classes: int,
+                     reference: tuple[Callable[..., Any], Any] | None = None
+                     ) -> dict[str, Any]:
+  """Every measurement of this module on one release, as plain numbers.
+
+  Tells a shortcut (EM; Huang et al., ICLR 2021, Sec. 5) from noise that
+  adds the classes' features (REM against a robust surrogate; Fu et al.,
+  ICLR 2022, Sec. 4) from adversarial noise (error-max), on the noise the
+  victim actually sees (`effective_noise`).
+
+  Args:
+    clean: uint8 NHWC clean originals of the released images.
+    released: uint8 NHWC released images, aligned with ``clean``.
+    labels: their integer labels.
+    directions: `class_directions` of the clean training set.
+    num_classes: C.
+    reference: ``(apply_fn, variables)`` of a model trained on clean
+      images other than these, for `transfer`; None leaves it out.
+
+  Returns:
+    ``{"images", "noise_l2_mean", "noise_linf_max",
+    "class_direction_cosine" (the mean over images),
+    "noise_nearest_class_mean_accuracy"}``, plus ``"reference_model"``
+    (`transfer`'s dict) with ``reference``.
+  """
+  _check_pair(clean, released, labels)
+  labels = np.asarray(labels)
+  noise = effective_noise(clean, released)
+  flat = noise.reshape(len(labels), -1)
+  summary = {
+      "images": int(len(labels)),
+      "noise_l2_mean": float(np.linalg.norm(flat, axis=1).mean()),
+      "noise_linf_max": float(np.abs(flat).max()),
+      "class_direction_cosine": float(np.mean(
+          class_direction_cosine(noise, labels, directions))),
+      "noise_nearest_class_mean_accuracy": nearest_class_mean_accuracy(
+          noise, labels, num_classes=num_classes),
+  }
+  if reference is not None:
+    apply_fn, variables = reference
+    summary["reference_model"] = transfer(apply_fn, variables, clean,
+                                          released, labels)
+  return summary
+
+
+# Fewer clean images than this outside the releases cannot train a
+# meaningful reference model.
+MIN_REFERENCE_IMAGES = 1000
+
+
+def train_reference(key: jax.Array, model: Any, images: np.ndarray,
+                    labels: np.ndarray, *, exclude: Sequence[np.ndarray],
+                    num_classes: int, test: tuple[np.ndarray, np.ndarray],
+                    epochs: int = 8, progress: bool | str = False
+                    ) -> tuple[Any, dict[str, Any]]:
+  """The reference model of `transfer`: trained on the clean training
+  images that lie in none of the releases.
+
+  It saw neither the noise nor the released images, so its loss on them
+  tells shortcut noise (unchanged) from adversarial noise (higher) and
+  feature-adding noise (lower); Fu et al., ICLR 2022, Sec. 4.
+
+  Args:
+    key: the training key (`train.train_victim`).
+    model: a `jaxue.models.Model`.
+    images: uint8 NHWC clean training set (every image).
+    labels: its labels.
+    exclude: each release's ``train_indices`` (positions in ``images``).
+    num_classes: C; every class must remain.
+    test: clean ``(images, labels)`` evaluated after every epoch.
+    epochs: training epochs.
+    progress: a tqdm bar (a string is its description).
+
+  Returns:
+    ``(variables, info)``, info ``{"train_images", "test_accuracy"}``.
+
+  Raises:
+    ValueError: fewer than `MIN_REFERENCE_IMAGES` images remain, or a
+      class has none.
+  """
+  data_lib.check_dataset(np.asarray(images), np.asarray(labels))
+  excluded = [np.asarray(e, np.int64).ravel() for e in exclude]
+  keep = np.setdiff1d(np.arange(len(labels)), np.concatenate(
+      excluded or [np.zeros((0,), np.int64)]))
+  counts = np.bincount(np.asarray(labels)[keep], minlength=num_classes)
+  if len(keep) < MIN_REFERENCE_IMAGES or np.any(counts == 0):
+    raise ValueError(
+        f"only {len(keep)} clean training images (per class "
+        f"{counts.tolist()}) lie outside the releases; the reference model "
+        f"needs at least {MIN_REFERENCE_IMAGES}, with every class")
+  state, history = train_lib.train_victim(
+      key, model, images[keep], labels[keep], test=test, epochs=epochs,
+      progress=progress)
+  return state.variables, {"train_images": int(len(keep)),
+                           "test_accuracy": history["test_accuracy"][-1]}

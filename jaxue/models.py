@@ -328,12 +328,20 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, strides: int = 1,
 
 
 class Conv(nn.Module):
-  """A bias-free square convolution with `nn.Conv`'s parameter layout."""
+  """A square convolution with `nn.Conv`'s parameter layout.
+
+  ``kernel`` (HWIO, LeCun-normal) and, with ``use_bias``, a per-channel
+  ``bias`` (zeros, as `nn.Conv`) added after `conv2d` as a broadcast add,
+  which XLA fuses into the next elementwise operation, so every conv impl
+  and its custom gradients stay as they are. Bias-free by default (the
+  ResNet-18); the PUE small CNN has biases (`SmallCNN`).
+  """
 
   features: int
   kernel_size: int = 3
   strides: int = 1
   padding: int = 1
+  use_bias: bool = False
   impl: str = "auto"
 
   @nn.compact
@@ -341,8 +349,13 @@ class Conv(nn.Module):
     kernel = self.param(
         "kernel", nn.initializers.lecun_normal(),
         (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-    return conv2d(x, kernel, strides=self.strides, padding=self.padding,
-                  impl=self.impl)
+    y = conv2d(x, kernel, strides=self.strides, padding=self.padding,
+               impl=self.impl)
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros_init(),
+                        (self.features,))
+      y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    return y
 
 
 def _reshape_max_pool(x: jax.Array) -> jax.Array:
@@ -373,13 +386,13 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Numerically identical to ``nn.max_pool(x, (2, 2), (2, 2))``; the gradient
   is always that of a reshape and a max (a cheap select, where ties share
-  the gradient) instead of XLA's generic select-and-scatter, which
-  DESIGN.md measured as faster for SGD steps on XLA:CPU. The forward pass
-  is the reshape when the height and width are even or when the pooling is
-  differentiated; a forward-only pass of an odd map (7x7 maps of 28x28
-  inputs: evaluation, certification) is XLA's window reduction, because
-  on XLA:CPU the reshape of the cropped map cost 1-2.4x as much as the
-  convolution before it, and the window reduction next to nothing.
+  the gradient) instead of XLA's generic select-and-scatter, which made
+  SGD steps faster on XLA:CPU (docs/design.md, "CPU kernels"). The forward
+  pass is the reshape when the height and width are even or when the
+  pooling is differentiated; a forward-only pass of an odd map (7x7 maps of
+  28x28 inputs: evaluation, certification) is XLA's window reduction,
+  because on XLA:CPU the reshape of the cropped map cost 1-2.4x as much as
+  the convolution before it, and the window reduction next to nothing.
   """
   if x.shape[1] % 2 or x.shape[2] % 2:
     return _odd_max_pool(x)
@@ -389,9 +402,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 class SmallCNN(nn.Module):
   """The PUE authors' small CNN (Wang et al., NDSS 2025, Sec. 6.1).
 
-  Three blocks of conv3x3 - BN - ReLU - 2x2 max-pool, global average pooling
-  and a linear classifier. ``widths=(64, 128, 256)`` is the published model;
-  CPU experiments use narrower ones, e.g. ``(16, 32, 64)``.
+  Three blocks of conv3x3 (with bias) - BN - ReLU - 2x2 max-pool, global
+  average pooling and a linear classifier, as the authors' ``ToyModel``
+  (PyTorch ``Conv2d`` keeps its default bias). ``widths=(64, 128, 256)`` is
+  the published model; CPU experiments use narrower ones, e.g. ``(16, 32,
+  64)``: 24,170 parameters for 28x28x1 inputs and 10 classes.
+
+  ``use_bias=False`` (`make_model("small_cnn_nobias")`) drops the
+  convolution biases (24,058 parameters at 16/32/64). In train mode batch
+  norm cancels a bias, but in eval mode it does not, so noise on the biases
+  shifts every activation of a channel: at the same sigma, parameter
+  smoothing (`jaxue.certify`) perturbs the model with biases harder.
 
   ``global_pool=False`` (`make_model("small_cnn_flat")`, not in the paper)
   flattens the last feature map into the classifier instead of averaging
@@ -404,11 +425,12 @@ class SmallCNN(nn.Module):
   widths: Sequence[int] = (64, 128, 256)
   conv_impl: str = "auto"
   global_pool: bool = True
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for width in self.widths:
-      x = Conv(width, impl=self.conv_impl)(x)
+      x = Conv(width, use_bias=self.use_bias, impl=self.conv_impl)(x)
       x = _BN(use_running_average=not train)(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
@@ -491,7 +513,14 @@ def functional(module: nn.Module, name: str) -> Model:
                num_classes=module.num_classes, name=name)
 
 
-MODELS = ("small_cnn", "small_cnn_flat", "resnet18")
+MODELS = ("small_cnn", "small_cnn_flat", "small_cnn_nobias",
+          "small_cnn_flat_nobias", "resnet18")
+
+# The small CNN's names: (global average pooling, convolution biases).
+_SMALL_CNNS = {"small_cnn": (True, True),
+               "small_cnn_flat": (False, True),
+               "small_cnn_nobias": (True, False),
+               "small_cnn_flat_nobias": (False, False)}
 
 
 def make_model(name: str = "small_cnn", *, num_classes: int = 10,
@@ -500,8 +529,11 @@ def make_model(name: str = "small_cnn", *, num_classes: int = 10,
   """Builds a functional model by name.
 
   Args:
-    name: ``"small_cnn"``, ``"small_cnn_flat"`` (the small CNN with its
-      last feature map flattened instead of averaged) or ``"resnet18"``.
+    name: ``"small_cnn"`` (the PUE authors' model, convolution biases
+      included), ``"small_cnn_flat"`` (the small CNN with its last feature
+      map flattened instead of averaged), ``"small_cnn_nobias"`` and
+      ``"small_cnn_flat_nobias"`` (the same without convolution biases,
+      jaxue 0.1.0's small CNNs; see `SmallCNN`) or ``"resnet18"``.
     num_classes: number of classes.
     widths: channel widths per block/stage; ``None`` for the published ones
       (64/128/256 for the small CNN, 64-512 for ResNet-18).
@@ -513,15 +545,26 @@ def make_model(name: str = "small_cnn", *, num_classes: int = 10,
   if conv_impl not in CONV_IMPLS:
     raise ValueError(
         f"unknown conv impl {conv_impl!r}; choose one of {CONV_IMPLS}")
+  widths = None if widths is None else tuple(widths)
+  # One Model per architecture: its functions are jit cache keys, so a
+  # second call (e.g. loading a checkpoint again) reuses compiled code.
+  return _make_model(name, num_classes, widths, conv_impl)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_model(name: str, num_classes: int,
+                widths: tuple[int, ...] | None, conv_impl: str) -> Model:
   if num_classes < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}")
   if widths is not None and not all(
       int(w) == w and w >= 1 for w in widths):
     raise ValueError(f"widths must be integers >= 1, got {tuple(widths)}")
-  if name in ("small_cnn", "small_cnn_flat"):
+  if name in _SMALL_CNNS:
+    global_pool, use_bias = _SMALL_CNNS[name]
     widths = tuple(widths or (64, 128, 256))
     module = SmallCNN(num_classes=num_classes, widths=widths,
-                      conv_impl=conv_impl, global_pool=name == "small_cnn")
+                      conv_impl=conv_impl, global_pool=global_pool,
+                      use_bias=use_bias)
   elif name == "resnet18":
     widths = tuple(widths or (64, 128, 256, 512))
     if len(widths) != 4:

@@ -16,6 +16,16 @@ surrogate's accuracy on the noisy data reaches ``1 - stop_error``.
 
 Each round (M train steps, the sweep, the stop check) is one jitted call;
 only the loop over rounds runs in Python.
+
+Every crafting method of jaxue returns a `CraftResult` (noise, surrogate or
+None, history, converged, info): `error_minimizing_noise` / `craft` here,
+`uniform_noise` (the random baseline), `error_maximizing_noise` and
+`error_max_from_clean`, `jaxue.pue.provably_unlearnable_noise`,
+`jaxue.rem.robust_error_minimizing_noise` and the model-free baselines of
+`jaxue.baselines`. Sampling functions take their key first; steps
+(``noise_step``, ``surrogate_step``) take the state first so they compose
+with `lax.scan`. `release` publishes noise with ``mode="classwise"`` or
+``"samplewise"``.
 """
 
 from __future__ import annotations
@@ -49,28 +59,31 @@ def check_epsilon(epsilon: float, name: str = "epsilon") -> float:
   return epsilon
 
 
-def _check_mode(mode: str) -> None:
+def _check_mode(mode: str, name: str = "mode") -> None:
   if mode not in MODES:
-    raise ValueError(f"unknown noise mode {mode!r}; choose one of {MODES}")
+    raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
 
 
 def random_noise(key: jax.Array, shape, *, epsilon: float = 8 / 255
                  ) -> jax.Array:
-  """The random-noise baseline: i.i.d. U(-eps, eps) per pixel."""
+  """The random-noise baseline's array: i.i.d. U(-eps, eps) per pixel (the
+  method-level form is `uniform_noise`)."""
   epsilon = check_epsilon(epsilon)
   return jax.random.uniform(key, tuple(shape), jnp.float32, -epsilon,
                             epsilon)
 
 
-def noise_for(noise: jax.Array, indices: jax.Array, labels: jax.Array,
-              classwise: bool) -> jax.Array:
-  """The perturbations of a batch: by label (class-wise) or by index."""
-  return noise[labels] if classwise else noise[indices]
+def noise_for(noise: jax.Array, indices: jax.Array, labels: jax.Array, *,
+              mode: str) -> jax.Array:
+  """The perturbations of a batch: by label (``mode="classwise"``) or by
+  index (``"samplewise"``)."""
+  _check_mode(mode)
+  return noise[labels] if mode == "classwise" else noise[indices]
 
 
 def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
             epsilon: float | None = None,
-            classwise: bool | None = None) -> np.ndarray:
+            mode: str | None = None) -> np.ndarray:
   """The data owner's release: ``round(clip(x + delta, 0, 1) * 255)``.
 
   The noise keeps its sign (the reference UE evaluation clamps it to be
@@ -82,10 +95,11 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
     noise: float perturbation, (N, H, W, C) sample-wise or
       (num_classes, H, W, C) class-wise, in [-1, 1].
     epsilon: if given, also check ``max |noise| <= epsilon``.
-    classwise: True: ``noise[labels[i]]`` protects image i; False: ``noise[i]``
-      does. None infers it from ``noise.shape[0]``, which is ambiguous when
-      there are exactly as many images as classes (then sample-wise is
-      assumed): crafting code passes it explicitly.
+    mode: ``"classwise"``: ``noise[labels[i]]`` protects image i;
+      ``"samplewise"``: ``noise[i]`` does. None infers it from
+      ``noise.shape[0]``, which is ambiguous when there are exactly as many
+      images as classes (then sample-wise is assumed): crafting code passes
+      it explicitly (``CraftResult.info["mode"]``).
 
   Returns:
     The protected uint8 images, same shape as ``images``.
@@ -112,19 +126,21 @@ def release(images: np.ndarray, labels: np.ndarray, noise: np.ndarray, *,
         f"noise exceeds its budget: max |noise| = {bound:.5f} > eps = "
         f"{epsilon:.5f}")
   top = labels.max(initial=0)
-  if classwise is None:
+  if mode is None:
     if noise.shape[0] != images.shape[0] and top >= noise.shape[0]:
       raise ValueError(
           f"noise has {noise.shape[0]} entries: neither one per image "
           f"({images.shape[0]}) nor one per class (labels go up to {top})")
-    classwise = noise.shape[0] != images.shape[0]
-  if classwise and top >= noise.shape[0]:
-    raise ValueError(f"class-wise noise has {noise.shape[0]} entries but "
-                     f"the labels go up to {top}")
-  if not classwise and noise.shape[0] != images.shape[0]:
-    raise ValueError(f"sample-wise noise needs one entry per image "
+    mode = "classwise" if noise.shape[0] != images.shape[0] else "samplewise"
+  _check_mode(mode)
+  if mode == "classwise" and top >= noise.shape[0]:
+    raise ValueError(f"mode='classwise' needs one noise entry per class, but "
+                     f"the noise has {noise.shape[0]} and the labels go up "
+                     f"to {top}")
+  if mode == "samplewise" and noise.shape[0] != images.shape[0]:
+    raise ValueError(f"mode='samplewise' needs one noise entry per image "
                      f"({images.shape[0]}), got {noise.shape[0]}")
-  per_image = noise[labels] if classwise else noise
+  per_image = noise[labels] if mode == "classwise" else noise
   x = images.astype(np.float32) / 255.0 + per_image.astype(np.float32)
   return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -225,20 +241,72 @@ class EMConfig(NamedTuple):
     return cfg
 
 
-class CraftResult(NamedTuple):
-  """Output of a crafting run.
-
-  Attributes:
-    noise: float32 perturbations, (N, H, W, C) or (num_classes, H, W, C).
-    surrogate: the surrogate's final state (what certification uses).
-    history: per-round ``{"accuracy", "seconds"}`` lists.
-    converged: whether the stop condition was met.
-  """
-
+class _CraftResultFields(NamedTuple):
   noise: np.ndarray
-  surrogate: TrainState
+  surrogate: TrainState | None
   history: dict[str, list]
   converged: bool
+  info: dict[str, Any]
+
+
+class CraftResult(_CraftResultFields):
+  """Output of every crafting method (EM, PUE, REM, error-max, random, OPS,
+  AR, LSP).
+
+  Attributes:
+    noise: float32 perturbations in [-1, 1], (N, H, W, C) sample-wise or
+      (num_classes, H, W, C) class-wise; ``release(images, labels, noise,
+      mode=info["mode"])`` publishes them.
+    surrogate: the surrogate's final state (what certification uses); None
+      for model-free methods (random, OPS, AR, LSP).
+    history: per-round (or per-block) lists, e.g. ``{"accuracy",
+      "seconds"}``; empty for one-shot methods.
+    converged: whether the stop condition was met (True for one-shot
+      methods).
+    info: a method-specific summary: always ``"method"`` and ``"mode"``,
+      plus e.g. OPS's positions/values/scores, AR's coefficients, window and
+      min_response, LSP's patch_size, error-max's clean-surrogate test
+      accuracy. Arrays stay arrays (save them with `numpy.savez`).
+  """
+
+  __slots__ = ()
+
+  def __new__(cls, noise: np.ndarray, surrogate: TrainState | None = None,
+              history: dict[str, list] | None = None,
+              converged: bool = True, info: dict[str, Any] | None = None
+              ) -> CraftResult:
+    # Fresh containers per result (a shared default dict would leak).
+    return super().__new__(cls, noise, surrogate,
+                           {} if history is None else history, converged,
+                           {} if info is None else info)
+
+
+def uniform_noise(key: jax.Array, images: np.ndarray, labels: np.ndarray, *,
+                  num_classes: int, mode: str = "samplewise",
+                  epsilon: float = 8 / 255) -> CraftResult:
+  """The random-noise baseline as a crafting method (Huang et al., ICLR
+  2021, Sec. 4.1): i.i.d. U(-eps, eps) per pixel, no surrogate.
+
+  Args:
+    key: randomness.
+    images: uint8 NHWC clean training images (only their shape is used).
+    labels: int labels (checked against ``num_classes``).
+    num_classes: number of classes.
+    mode: ``"samplewise"`` (one draw per image) or ``"classwise"`` (one per
+      class).
+    epsilon: L-inf budget.
+
+  Returns:
+    A `CraftResult` with ``surrogate=None``.
+  """
+  _check_mode(mode)
+  images = np.asarray(images)
+  data_lib.check_dataset(images, np.asarray(labels), num_classes=num_classes)
+  lead = num_classes if mode == "classwise" else images.shape[0]
+  noise = np.asarray(random_noise(key, (lead,) + images.shape[1:],
+                                  epsilon=epsilon))
+  return CraftResult(noise, info={"method": "random", "mode": mode,
+                                  "epsilon": float(epsilon)})
 
 
 # The per-sample loss whose input gradient drives the noise; EM uses the
@@ -249,7 +317,8 @@ SurrogateStep = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 
 def eval_loss(state: TrainState, x: jax.Array, y: jax.Array,
               key: jax.Array) -> jax.Array:
-  """Summed cross-entropy of the frozen surrogate in eval mode."""
+  """Summed cross-entropy of the frozen surrogate in eval mode (a
+  `NoiseLoss`: state first, as the steps it drives)."""
   del key  # Deterministic.
   logits, _ = state.apply_fn(state.variables, x, False)
   return train_lib.cross_entropy(logits, y) * x.shape[0]
@@ -318,7 +387,6 @@ def _sweep_classwise(state, noise, images, labels, subset, key, *, cfg,
 
 def _noisy_accuracy(state, noise, images, labels, indices, *, cfg):
   """Eval-mode accuracy of the surrogate on ``x + delta`` over indices."""
-  classwise = cfg.mode == "classwise"
   n = images.shape[0]
   batches = _padded_batches(indices, cfg.sweep_batch_size, n)
 
@@ -326,7 +394,7 @@ def _noisy_accuracy(state, noise, images, labels, indices, *, cfg):
     valid = idx < n
     safe = jnp.where(valid, idx, 0)
     y = labels[safe]
-    x = jnp.clip(images[safe] + noise_for(noise, safe, y, classwise), 0, 1)
+    x = jnp.clip(images[safe] + noise_for(noise, safe, y, mode=cfg.mode), 0, 1)
     x, y, valid = parallel.shard_batch((x, y, valid))
     logits, _ = state.apply_fn(state.variables, x, False)
     return jnp.sum((logits.argmax(-1) == y) & valid, dtype=jnp.int32)
@@ -349,7 +417,7 @@ def _em_round(state, noise, key, images, labels, subset, *, cfg,
     idx = jax.random.choice(jax.random.fold_in(k, 0), n, (cfg.batch_size,),
                             replace=False)
     y = labels[idx]
-    x = jnp.clip(images[idx] + noise_for(noise, idx, y, classwise), 0, 1)
+    x = jnp.clip(images[idx] + noise_for(noise, idx, y, mode=cfg.mode), 0, 1)
     return surrogate_step(state, (x, y), jax.random.fold_in(k, 1))
 
   state, metrics = jax.lax.scan(train_body, state,
@@ -365,7 +433,12 @@ def _em_round(state, noise, key, images, labels, subset, *, cfg,
 
 
 def pgd_noise_step(state, x, y, delta, key, *, cfg, noise_loss):
-  """EM's noise step: K signed PGD descent steps on ``noise_loss``."""
+  """EM's noise step (Huang et al. 2021, Algorithm 1): K signed PGD descent
+  steps on ``noise_loss``.
+
+  A step: state first (then the batch, the current noise and the key) so it
+  composes with `lax.scan`, as every ``noise_step`` of `craft` does.
+  """
   return pgd_lib.pgd(lambda xa: noise_loss(state, xa, y, key), x,
                      epsilon=cfg.epsilon, step_size=cfg.step_size,
                      steps=cfg.pgd_steps, descent=True, delta=delta)
@@ -393,7 +466,8 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     labels: int labels.
     cfg: the crafting hyperparameters.
     num_classes: number of classes (class-wise noise shape).
-    surrogate_step: ``step(state, (x, y), key) -> (state, metrics)``.
+    surrogate_step: ``step(state, (x, y), key) -> (state, metrics)`` (state
+      first so it composes with `lax.scan`).
     noise_step: ``step(state, x, y, delta, key) -> delta``; EM's K-step PGD
       on ``noise_loss`` when None.
     noise_loss: the loss descended by the default noise step.
@@ -411,7 +485,8 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     progress: show a tqdm bar; a string is used as its description.
 
   Returns:
-    A `CraftResult`.
+    A `CraftResult`; ``info`` holds ``method`` ("em", or "pue" with robust
+    steps), ``mode``, ``rounds`` and the resolved config.
   """
   cfg = cfg.resolved()
   data_lib.check_dataset(images, labels, num_classes=num_classes)
@@ -472,7 +547,10 @@ def craft(key: jax.Array, state: TrainState, images: np.ndarray,
     if on_round is not None:
       on_round(round_index, state, noise, {"accuracy": accuracy})
   bar.close()
-  return CraftResult(np.asarray(noise), state, history, converged)
+  info = {"method": "em" if robust_surrogate_step is None else "pue",
+          "mode": cfg.mode, "rounds": len(history["accuracy"]),
+          "config": cfg._asdict()}
+  return CraftResult(np.asarray(noise), state, history, converged, info)
 
 
 def error_minimizing_noise(key: jax.Array, state: TrainState,
@@ -516,7 +594,7 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
                            num_classes: int, epsilon: float = 8 / 255,
                            step_size: float | None = None, steps: int = 20,
                            targeted: bool = False, batch_size: int = 256,
-                           random_start: bool = False) -> np.ndarray:
+                           random_start: bool = False) -> CraftResult:
   """Sample-wise error-maximizing noise (the baseline of Huang et al.,
   ICLR 2021, Sec. 4.1, and Fu et al., ICLR 2022, Sec. 5.1).
 
@@ -524,7 +602,8 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
   `jaxue.train.train_victim` on the clean data and, as the reference trains
   the model it attacks, ``augment=jaxue.data.default_augmentation(shape)``:
   on Fashion-MNIST that surrogate's noise is markedly stronger, see
-  `experiments.craft`), frozen in eval mode:
+  `experiments.craft`; `error_max_from_clean` does both), frozen in eval
+  mode:
 
   * untargeted: ascend ``CE(f(x + delta), y)``;
   * targeted: descend ``CE(f(x + delta), (y + 1) mod C)`` (the class
@@ -548,7 +627,8 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
     random_start: start from U(-eps, eps) instead of zero.
 
   Returns:
-    float32 noise of shape ``images.shape``, ``|noise| <= epsilon``.
+    A `CraftResult`: float32 noise of shape ``images.shape``,
+    ``|noise| <= epsilon``; ``surrogate`` is the attacked ``state``.
   """
   data_lib.check_dataset(images, labels, num_classes=num_classes)
   cfg = EMConfig(mode="samplewise", epsilon=epsilon, step_size=step_size,
@@ -563,18 +643,22 @@ def error_maximizing_noise(key: jax.Array, state: TrainState,
   step = functools.partial(
       pgd_noise_step, cfg=cfg,
       noise_loss=eval_loss if targeted else _negated_eval_loss)
-  return np.asarray(_sweep(state, noise, x, y, sweep_key, cfg=cfg,
-                           noise_step=step))
+  noise = np.asarray(_sweep(state, noise, x, y, sweep_key, cfg=cfg,
+                            noise_step=step))
+  info = {"method": "error-max-targeted" if targeted else "error-max",
+          "mode": "samplewise", "targeted": targeted, "pgd_steps": steps,
+          "step_size": cfg.step_size, "random_start": random_start}
+  return CraftResult(noise, state, info=info)
 
 
-def error_max_from_clean(init_key: jax.Array, attack_key: jax.Array,
-                         model: Any, images: np.ndarray, labels: np.ndarray,
-                         *, test: tuple[np.ndarray, np.ndarray],
+def error_max_from_clean(key: jax.Array, model: Any, images: np.ndarray,
+                         labels: np.ndarray, *,
+                         test: tuple[np.ndarray, np.ndarray],
                          num_classes: int, epsilon: float = 8 / 255,
                          clean_epochs: int = 10, surrogate_augment: bool = True,
                          steps: int = 20, targeted: bool = False,
                          progress: bool | str = "clean surrogate"
-                         ) -> tuple[np.ndarray, TrainState, dict[str, Any]]:
+                         ) -> CraftResult:
   """Error-maximizing noise from scratch: trains the clean surrogate, then
   runs `error_maximizing_noise` against it (Huang et al., ICLR 2021, Sec.
   4.1).
@@ -588,8 +672,9 @@ def error_max_from_clean(init_key: jax.Array, attack_key: jax.Array,
   unaugmented ones at 0.65 (README, issue 4).
 
   Args:
-    init_key: the surrogate's initialisation and training order.
-    attack_key: the attack's randomness (`error_maximizing_noise`).
+    key: randomness. The surrogate is ``train_victim(key, ...)`` (so a run
+      reproduces the surrogate of the former ``init_key``); the attack gets
+      ``fold_in(key, 1)``.
     model: a `jaxue.models.Model`.
     images: uint8 NHWC clean training images.
     labels: int labels.
@@ -604,20 +689,22 @@ def error_max_from_clean(init_key: jax.Array, attack_key: jax.Array,
     progress: the surrogate's progress-bar label, or a bool.
 
   Returns:
-    ``(noise, surrogate, summary)``: float32 noise of ``images.shape``, the
-    trained surrogate, and a JSON-ready summary of the settings and the
-    surrogate's final test accuracy.
+    A `CraftResult`: float32 noise of ``images.shape``, the trained
+    surrogate, and in ``info`` a JSON-ready summary of the settings and
+    the surrogate's final test accuracy (``surrogate_test_accuracy``).
   """
   augment = (data_lib.default_augmentation(np.shape(images)[1:])
              if surrogate_augment else None)
   surrogate, history = train_lib.train_victim(
-      init_key, model, images, labels, test=test, epochs=clean_epochs,
+      key, model, images, labels, test=test, epochs=clean_epochs,
       augment=augment, progress=progress)
-  noise = error_maximizing_noise(
-      attack_key, surrogate, images, labels, num_classes=num_classes,
-      epsilon=epsilon, steps=steps, targeted=targeted)
-  summary = {"targeted": targeted, "clean_epochs": clean_epochs,
-             "surrogate_augment": surrogate_augment,
-             "surrogate_test_accuracy": history["test_accuracy"][-1],
-             "pgd_steps": steps}
-  return noise, surrogate, summary
+  result = error_maximizing_noise(
+      jax.random.fold_in(key, 1), surrogate, images, labels,
+      num_classes=num_classes, epsilon=epsilon, steps=steps,
+      targeted=targeted)
+  info = {"method": result.info["method"], "mode": "samplewise",
+          "targeted": targeted, "clean_epochs": clean_epochs,
+          "surrogate_augment": surrogate_augment,
+          "surrogate_test_accuracy": history["test_accuracy"][-1],
+          "pgd_steps": steps}
+  return CraftResult(result.noise, surrogate, history, True, info)

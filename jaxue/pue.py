@@ -54,7 +54,7 @@ class PUEConfig(NamedTuple):
       every pass's loss by T * draws but steps once per level, so each
       level's step is 1/T of the mean gradient: an effective learning rate
       of lr / T, weight decay unscaled). Off by default: the paper's step
-      is the mean gradient (DESIGN.md, "PUE"). The reference also clips
+      is the mean gradient (docs/design.md, "PUE"). The reference also clips
       the running sum after every draw; at 1/(T * draws) per pass that
       sum rarely reaches the clip norm, and it is not reproduced.
   """
@@ -135,7 +135,8 @@ def robust_surrogate_step(state: TrainState, batch: tuple[jax.Array,
 
   The gradient with respect to theta of a loss at theta + sigma xi is the
   gradient at the perturbed point, so each draw is one ordinary backward
-  pass; the new batch-norm statistics are averaged over draws. Level 0
+  pass; the new batch-norm statistics are averaged over draws. State first
+  so it composes with `lax.scan`. Level 0
   (sigma = 0) takes one pass, not ``surrogate_draws``: its draws are all
   theta, so one pass is their mean (the reference repeats it, 100 of its
   600 passes per batch).
@@ -190,7 +191,8 @@ def robust_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
   input gradients of CE(f_{theta + sigma_j xi}(x + delta), y) summed over
   ``noise_draws`` weight draws (eval mode) give one signed descent step,
   followed by the projection. At level 0 (sigma = 0) the draws are all
-  theta: one pass has the sign of their sum."""
+  theta: one pass has the sign of their sum. State first so it composes
+  with `lax.scan`."""
   levels = jnp.asarray(pue.levels(), jnp.float32)
   num_levels = levels.shape[0]
   delta = pgd_lib.project(delta, x, epsilon=cfg.epsilon)
@@ -251,14 +253,17 @@ def provably_unlearnable_noise(key: jax.Array, state: TrainState,
     **kwargs: `EMConfig` fields and `craft` options.
 
   Returns:
-    A `CraftResult`.
+    A `jaxue.noise.CraftResult`; ``info`` holds ``method="pue"``, ``mode``,
+    ``rounds``, the EM config and the `PUEConfig` (``info["pue"]``).
   """
   config_fields = {k: kwargs.pop(k) for k in list(kwargs)
                    if k in noise_lib.EMConfig._fields}
   cfg = noise_lib.EMConfig(mode=mode, epsilon=epsilon, **config_fields)
-  return noise_lib.craft(key, state, images, labels, cfg,
-                         num_classes=num_classes, **pue_steps(cfg, pue),
-                         **kwargs)
+  result = noise_lib.craft(key, state, images, labels, cfg,
+                           num_classes=num_classes, **pue_steps(cfg, pue),
+                           **kwargs)
+  result.info["pue"] = pue._asdict()
+  return result
 
 
 def pue_steps(cfg: noise_lib.EMConfig, pue: PUEConfig) -> dict[str, Any]:

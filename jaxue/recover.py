@@ -20,7 +20,8 @@ Two attacks:
   (the clean recovery set) is kept and tested.
 
 The reference code projects onto the sphere ‖θ − θ0‖ = η rather than the
-ball (DESIGN.md, "Reference quirks"); ``project="sphere"`` reproduces it.
+ball (docs/design.md, "Deviations from the reference code");
+``project="sphere"`` reproduces it.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def default_transform(image_shape: Sequence[int]) -> Transformation:
   """The default T for an image shape (H, W, C): crop (pad 4) + flip for
   colour images, as published; crop (pad 2) without flip for grayscale
   (28x28 digits and clothes are not mirror-symmetric), as the victims'
-  augmentation (DESIGN.md, "Surrogate and victim training")."""
+  augmentation (docs/design.md, "Surrogate and victim training")."""
   if len(image_shape) not in (3, 4):
     raise ValueError(f"expected an image shape (H, W, C), got {image_shape}")
   if image_shape[-1] == 1:
@@ -194,6 +194,9 @@ def rem_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
   """The robust error-minimizing noise of one batch (Fu et al. 2022,
   Algorithm 1, lines 4-9), theta frozen, model in eval mode.
 
+  A noise step of `jaxue.noise.craft`'s form: state first so it composes
+  with `lax.scan`.
+
   Each of ``noise_steps`` steps: for K = ``eot_draws`` transformation draws
   t_k (vmapped), find ``da_k`` by PGD ascent at radius rho_a from a uniform
   start on ``t_k(x + du)``, take the gradient of
@@ -233,7 +236,7 @@ def rem_noise_step(state: TrainState, x: jax.Array, y: jax.Array,
       adversarial = jnp.zeros_like(x)
     else:
       adversarial = jax.lax.stop_gradient(train_lib.pgd_attack(
-          state, moved(delta), y, attack_key, epsilon=attack.epsilon,
+          attack_key, state, moved(delta), y, epsilon=attack.epsilon,
           step_size=attack.step_size, steps=attack.steps))
     return jax.grad(lambda d: loss(moved(d) + adversarial))(delta)
 
@@ -259,7 +262,8 @@ def surrogate_step(state: TrainState, noise: jax.Array, images: jax.Array,
   """One REM surrogate step (Fu et al. 2022, Algorithm 1, lines 3-11): a
   random batch, its noise (`rem_noise_step` with the current theta, stored
   back at the batch's indices), a fresh transformation, and one adversarial
-  training step at rho_a (train mode)."""
+  training step at rho_a (train mode). State first so it composes with
+  `lax.scan`."""
   batch_key, noise_key, t_key, train_key = jax.random.split(key, 4)
   idx = jax.random.choice(batch_key, images.shape[0], (cfg.batch_size,),
                           replace=False)
@@ -347,7 +351,8 @@ def robust_error_minimizing_noise(
     A `jaxue.noise.CraftResult`: the regenerated noise, the final surrogate,
     the per-block history ``{"step", "loss", "accuracy", "seconds"}`` (loss
     and accuracy of the adversarial training batches; regeneration blocks
-    record None) and ``converged=True`` once every unit is done.
+    record None), ``converged=True`` once every unit is done, and ``info``
+    with ``method="rem"``, ``mode="samplewise"`` and the resolved config.
   """
   cfg = cfg.resolved()
   data_lib.check_dataset(images, labels, num_classes=num_classes)
@@ -404,7 +409,9 @@ def robust_error_minimizing_noise(
     if on_block is not None:
       on_block(step, state, noise, history)
   bar.close()
-  return noise_lib.CraftResult(np.asarray(noise), state, history, True)
+  info = {"method": "rem", "mode": "samplewise", "config": cfg._asdict()}
+  return noise_lib.CraftResult(np.asarray(noise), state, history,
+                               step >= total, info)
 
 
 def rem_cost(cfg: REMConfig = REMConfig()) -> dict[str, Any]:

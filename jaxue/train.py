@@ -1,7 +1,7 @@
 """Training and evaluation of surrogates and victims as pure jitted functions.
 
-The recipe is the one shared by the three papers (DESIGN.md, "Surrogate and
-victim training"): SGD with momentum 0.9, weight decay 5e-4 (added to the
+The recipe is the one shared by the three papers (docs/design.md, "Surrogate
+and victim training"): SGD with momentum 0.9, weight decay 5e-4 (added to the
 gradient, as in PyTorch), global-norm gradient clipping at 5, learning rate
 0.1 (cosine to zero for victims, constant while crafting EM noise).
 
@@ -123,9 +123,11 @@ def apply_gradients(state: TrainState, grads: Any,
 
 def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
                key: jax.Array, *, augment: Augment | None = None,
-               mix: Mix | None = None
+               mix: Mix | None = None, repeats: int = 1
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step in train mode (batch-norm batch statistics).
+
+  State first (not the key) so it composes with `lax.scan`.
 
   Args:
     state: the model's training state.
@@ -135,12 +137,29 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
     mix: optional batch mixer ``mix(key, images, labels) -> (images,
       soft_targets)`` (mixup, cutmix: `jaxue.defences`), applied after
       ``augment``; the loss is then the cross-entropy to the soft targets.
+    repeats: K > 1 trains on the largest of K per-example losses over K
+      independently augmented copies of the batch, ``mean_i max_k
+      CE(f(A_k(x_i)), y_i)`` (UEraser's adversarial augmentation, Qin et
+      al. 2023, Sec. 3; `jaxue.ueraser`); each copy is a train-mode pass
+      that updates the batch-norm statistics in turn, as the authors'
+      script does. K = 1 is the plain step. Needs ``augment``; not
+      combined with ``mix``.
 
   Returns:
     The new state and ``{"loss", "accuracy"}`` of the batch (accuracy
-    against the soft targets' argmax when mixing). Data-parallel over the
-    mesh of `jax.set_mesh` (`jaxue.parallel`).
+    against the soft targets' argmax when mixing; of the last copy with
+    ``repeats``). Data-parallel over the mesh of `jax.set_mesh`
+    (`jaxue.parallel`).
   """
+  if int(repeats) != repeats or repeats < 1:
+    raise ValueError(f"repeats must be an integer >= 1, got {repeats}")
+  if repeats > 1:
+    if augment is None:
+      raise ValueError("repeats > 1 needs an augment (the copies would be "
+                       "equal)")
+    if mix is not None:
+      raise ValueError("repeats > 1 does not combine with mix")
+    return _max_over_repeats_step(state, batch, key, augment, int(repeats))
   images, labels = parallel.shard_batch(batch)
   images = as_float(images)
   if augment is not None:
@@ -164,6 +183,37 @@ def train_step(state: TrainState, batch: tuple[jax.Array, jax.Array],
   return state, {"loss": loss, "accuracy": accuracy}
 
 
+def _max_over_repeats_step(state: TrainState,
+                           batch: tuple[jax.Array, jax.Array],
+                           key: jax.Array, augment: Augment, repeats: int
+                           ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` with ``repeats`` > 1 (the max-over-K loss)."""
+  images, labels = parallel.shard_batch(batch)
+  images = as_float(images)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(repeats))
+  # lax.map, not a Python loop: the augmentation compiles once, not K
+  # times (UEraser's policy takes seconds to compile).
+  copies = jax.lax.map(lambda k: augment(k, images), keys)
+
+  def loss_fn(params):
+    def forward(batch_stats, inputs):
+      logits, batch_stats = state.apply_fn(
+          {"params": params, "batch_stats": batch_stats}, inputs, True)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                               labels)
+      return batch_stats, (losses, logits)
+
+    batch_stats, (losses, logits) = jax.lax.scan(
+        forward, state.batch_stats, copies)
+    return losses.max(axis=0).mean(), (logits[-1], batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  state = apply_gradients(state, grads, batch_stats)
+  accuracy = (logits.argmax(-1) == labels).mean()
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
 def epoch_indices(key: jax.Array, num_examples: int,
                   batch_size: int) -> jax.Array:
   """A shuffled epoch as (num_batches, batch_size) indices; the tail that
@@ -178,17 +228,20 @@ def epoch_indices(key: jax.Array, num_examples: int,
 
 @functools.partial(jax.jit,
                    static_argnames=("batch_size", "augment", "mix",
-                                    "adversarial"),
+                                    "adversarial", "repeats"),
                    donate_argnums=(0,))
 def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
                 key: jax.Array, *, batch_size: int = 128,
                 augment: Augment | None = None, mix: Mix | None = None,
-                adversarial: AdversarialConfig | None = None
+                adversarial: AdversarialConfig | None = None,
+                repeats: int = 1
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One shuffled epoch of `train_step` as a single `lax.scan`.
+  """One shuffled epoch of `train_step` as a single `lax.scan` (a step over
+  epochs: state first, like `train_step`).
 
   With ``adversarial``, every step is `adversarial_train_step` instead
-  (Madry PGD adversarial training; not combined with ``mix``).
+  (Madry PGD adversarial training; not combined with ``mix`` or
+  ``repeats``). ``repeats`` is `train_step`'s max-over-K loss.
 
   Returns:
     The new state and the epoch's mean ``{"loss", "accuracy"}`` (on the
@@ -197,9 +250,11 @@ def train_epoch(state: TrainState, images: jax.Array, labels: jax.Array,
   perm_key, step_key = jax.random.split(key)
   batches = epoch_indices(perm_key, images.shape[0], batch_size)
   if adversarial is None:
-    step = functools.partial(train_step, mix=mix)
+    step = functools.partial(train_step, mix=mix, repeats=repeats)
   elif mix is not None:
     raise ValueError("adversarial training does not combine with mix")
+  elif repeats != 1:
+    raise ValueError("adversarial training does not combine with repeats")
   else:
     step = functools.partial(adversarial_train_step, cfg=adversarial)
 
@@ -270,7 +325,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
         augment: Augment | None = None, mix: Mix | None = None,
         test: tuple[np.ndarray, np.ndarray] | None = None,
         adversarial: AdversarialConfig | None = None,
-        progress: bool | str = True) -> tuple[TrainState, dict[str, list]]:
+        repeats: int | Callable[[int, int], int] = 1,
+        progress: bool | str = True) -> tuple[TrainState, dict[str, Any]]:
   """Trains for ``epochs`` epochs and records the per-epoch test accuracy.
 
   Used for victims (on released uint8 data, with `cosine_optimizer`) and for
@@ -279,7 +335,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
   Args:
     key: randomness for shuffling and augmentation.
     state: initial state (its optimizer fixes the learning-rate schedule).
-    train_images: uint8 NHWC training images.
+    train_images: uint8 NHWC training images, or float ones used as they
+      are (any range: e.g. `jaxue.projection`'s projected images).
     train_labels: int labels.
     epochs: number of epochs (>= 1).
     batch_size: SGD batch size.
@@ -289,11 +346,17 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     test: optional clean ``(images, labels)`` evaluated after every epoch.
     adversarial: if given, Madry PGD adversarial training
       (`adversarial_train_step`) with these attack settings.
+    repeats: `train_step`'s K (max loss over K augmented copies): an int,
+      or ``repeats(epoch, epochs) -> K`` per epoch (a `jaxue.ueraser`
+      schedule).
     progress: show a tqdm bar; a string is used as its description.
 
   Returns:
     The final state and a history ``{"train_loss", "train_accuracy",
-    "test_accuracy", "seconds"}`` with one entry per epoch.
+    "test_accuracy", "seconds"}`` with one entry per epoch; with ``test``
+    also ``"peak_test_accuracy"`` and ``"peak_epoch"`` (the best epoch's
+    accuracy and its number, from 1: what early stopping on the test set
+    would keep, `peak_accuracy`).
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -301,7 +364,7 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     adversarial = adversarial.resolved()
     if mix is not None:
       raise ValueError("adversarial training does not combine with mix")
-  data_lib.check_dataset(np.asarray(train_images), np.asarray(train_labels))
+  _check_training_set(train_images, train_labels)
   if test is not None:
     data_lib.check_dataset(np.asarray(test[0]), np.asarray(test[1]))
   images = jnp.asarray(train_images)
@@ -312,10 +375,11 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
   bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
   for epoch in bar:
     start = time.perf_counter()
-    state, metrics = train_epoch(state, images, labels,
-                                 jax.random.fold_in(key, epoch),
-                                 batch_size=batch_size, augment=augment,
-                                 mix=mix, adversarial=adversarial)
+    state, metrics = train_epoch(
+        state, images, labels, jax.random.fold_in(key, epoch),
+        batch_size=batch_size, augment=augment, mix=mix,
+        adversarial=adversarial,
+        repeats=repeats(epoch, epochs) if callable(repeats) else repeats)
     history["train_loss"].append(float(metrics["loss"]))
     history["train_accuracy"].append(float(metrics["accuracy"]))
     if test is not None:
@@ -326,7 +390,39 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     if test is not None:
       postfix["test_acc"] = f"{history['test_accuracy'][-1]:.3f}"
     bar.set_postfix(postfix)
+  if test is not None:
+    peak, peak_epoch = peak_accuracy(history["test_accuracy"])
+    history.update(peak_test_accuracy=peak, peak_epoch=peak_epoch)
   return state, history
+
+
+def peak_accuracy(curve: list[float]) -> tuple[float, int]:
+  """The best accuracy of a per-epoch curve and its epoch (from 1; the
+  first on ties): the result of early stopping on that curve, which
+  defenders report beside the last epoch's because the accuracy of
+  victims trained on unlearnable data often peaks early and then falls as
+  the shortcut is learned."""
+  if not len(curve):
+    raise ValueError("curve must hold at least one epoch's accuracy")
+  best = int(np.argmax(curve))
+  return float(curve[best]), best + 1
+
+
+def _check_training_set(images: Any, labels: Any) -> None:
+  """uint8 images as `jaxue.data.check_dataset` wants them, or finite
+  float NHWC images (used as they are, in any range)."""
+  images = np.asarray(images)
+  if not np.issubdtype(images.dtype, np.floating):
+    data_lib.check_dataset(images, np.asarray(labels))
+    return
+  if images.ndim != 4:
+    raise ValueError(f"expected NHWC images (4-D), got a {images.ndim}-D "
+                     f"array of shape {images.shape}")
+  if not np.isfinite(images).all():
+    raise ValueError("float training images hold NaN or inf values")
+  # The label checks, on a stand-in of the images' length.
+  data_lib.check_dataset(np.zeros((len(images), 1, 1, 1), np.uint8),
+                         np.asarray(labels))
 
 
 def train_victim(key: jax.Array, model: Model, images: np.ndarray,
@@ -335,17 +431,22 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                  learning_rate: float = 0.1, augment: Augment | None = None,
                  mix: Mix | None = None,
                  adversarial: AdversarialConfig | None = None,
+                 repeats: int | Callable[[int, int], int] = 1,
                  progress: bool | str = True
-                 ) -> tuple[TrainState, dict[str, list]]:
-  """Trains a fresh victim as the adversary would (DESIGN.md, "Surrogate and
-  victim training"): new initialisation, SGD with cosine decay to zero, on
-  the released uint8 images; records the clean test accuracy per epoch.
+                 ) -> tuple[TrainState, dict[str, Any]]:
+  """Trains a fresh victim as the adversary would (docs/design.md,
+  "Surrogate and victim training"): new initialisation, SGD with cosine
+  decay to zero, on the released uint8 images; records the clean test
+  accuracy per epoch.
   With ``adversarial``, the victim is trained adversarially (Madry et al.
   2018; the defence REM is built to survive, Fu et al. 2022, Sec. 5);
-  ``augment`` and ``mix`` apply the other training-time defences
-  (`jaxue.defences`).
+  ``augment``, ``mix`` and ``repeats`` apply the other training-time
+  defences (`jaxue.defences`); float ``images`` (a projected release,
+  `jaxue.projection`) are used as they are.
 
-  The victim's result is ``history["test_accuracy"][-1]``.
+  The victim's result is ``history["test_accuracy"][-1]``, with the peak
+  over epochs in ``history["peak_test_accuracy"]`` (epoch
+  ``history["peak_epoch"]``).
   """
   init_key, fit_key = jax.random.split(key)
   steps = epochs * (np.asarray(images).shape[0] // batch_size)
@@ -353,7 +454,7 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                              cosine_optimizer(steps, learning_rate))
   return fit(fit_key, state, images, labels, epochs=epochs,
              batch_size=batch_size, augment=augment, mix=mix, test=test,
-             adversarial=adversarial, progress=progress)
+             adversarial=adversarial, repeats=repeats, progress=progress)
 
 
 def train_victims(key: jax.Array, model: Model, images: np.ndarray,
@@ -420,20 +521,22 @@ class AdversarialConfig(NamedTuple):
     return AdversarialConfig(epsilon, int(self.steps), step_size)
 
 
-def pgd_attack(state: TrainState, images: jax.Array, labels: jax.Array,
-               key: jax.Array, *, epsilon: float, step_size: float,
+def pgd_attack(key: jax.Array, state: TrainState, images: jax.Array,
+               labels: jax.Array, *, epsilon: float, step_size: float,
                steps: int) -> jax.Array:
   """Untargeted L-inf PGD from a uniform start (Madry et al. 2018, Sec. 2).
 
-  The model is in **eval mode** (batch-norm running statistics, no
-  statistics update) during the attack, as in the REM reference code, which
-  calls ``model.eval()`` before attacking and ``model.train()`` after.
+  Not a step (it returns a perturbation, not a new state), so the key comes
+  first, as in every sampling function. The model is in **eval mode**
+  (batch-norm running statistics, no statistics update) during the attack,
+  as in the REM reference code, which calls ``model.eval()`` before
+  attacking and ``model.train()`` after.
 
   Args:
+    key: randomness of the uniform start.
     state: the attacked model (frozen).
     images: float32 inputs in [0, 1].
     labels: int labels whose cross-entropy is maximised.
-    key: randomness of the uniform start.
     epsilon: L-inf radius.
     step_size: signed-gradient step.
     steps: number of ascent steps (a Python int).
@@ -457,7 +560,8 @@ def adversarial_train_step(state: TrainState,
                            cfg: AdversarialConfig = AdversarialConfig(),
                            augment: Augment | None = None
                            ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of Madry PGD adversarial training.
+  """One step of Madry PGD adversarial training (state first so it composes
+  with `lax.scan`).
 
   ``min_theta E max_{||delta|| <= eps} CE(f_theta(x + delta), y)``
   (Madry et al. 2018, Eq. 2.1): the batch is augmented (if ``augment``),
@@ -481,7 +585,7 @@ def adversarial_train_step(state: TrainState,
   augment_key, attack_key, step_key = jax.random.split(key, 3)
   if augment is not None:
     images = augment(augment_key, images)
-  delta = pgd_attack(state, images, labels, attack_key, epsilon=cfg.epsilon,
+  delta = pgd_attack(attack_key, state, images, labels, epsilon=cfg.epsilon,
                      step_size=cfg.step_size, steps=cfg.steps)
   adversarial = images + jax.lax.stop_gradient(delta)
   return train_step(state, (adversarial, labels), step_key)

@@ -76,11 +76,11 @@ def test_attack_respects_radius_and_raises_loss(fitted):
   x, y = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
   attack = jax.jit(functools.partial(
       train.pgd_attack, epsilon=EPS, step_size=EPS / 4, steps=5))
-  delta = attack(state, x, y, jax.random.key(0))
+  delta = attack(jax.random.key(0), state, x, y)
   assert float(jnp.abs(delta).max()) <= EPS + 1e-6
   assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 1
-  np.testing.assert_array_equal(delta, attack(state, x, y,
-                                              jax.random.key(0)))
+  np.testing.assert_array_equal(delta, attack(jax.random.key(0), state, x,
+                                              y))
 
   def loss(inputs):
     logits, _ = state.apply_fn(state.variables, inputs, False)
@@ -107,9 +107,14 @@ def test_fit_adversarially_learns(fitted, model):
 def test_error_maximizing_noise(fitted, targeted):
   state, _ = fitted
   images, labels = _toy(40, seed=3)
-  delta = noise.error_maximizing_noise(
+  result = noise.error_maximizing_noise(
       jax.random.key(0), state, images, labels, num_classes=2, epsilon=EPS,
       steps=5, targeted=targeted, batch_size=16)
+  assert isinstance(result, noise.CraftResult)
+  assert result.surrogate is state and result.converged
+  assert result.info["mode"] == "samplewise"
+  assert result.info["targeted"] == targeted
+  delta = result.noise
   assert delta.shape == images.shape and delta.dtype == np.float32
   assert np.abs(delta).max() <= EPS + 1e-6
   x = images.astype(np.float32) / 255

@@ -109,7 +109,7 @@ def test_ar_coefficients_are_normalised(ar_coefs):
 
 def test_ar_noise_norm_and_release_bound(ar_coefs):
   images, labels = _images()
-  delta = baselines.autoregressive_noise(
+  delta = baselines.ar_noise(
       jax.random.key(1), labels, AR_SHAPE, num_classes=K, epsilon=0.5,
       coefficients=ar_coefs)
   assert delta.shape == images.shape and delta.dtype == np.float32
@@ -125,7 +125,7 @@ def test_ar_noise_norm_and_release_bound(ar_coefs):
 
 def test_ar_noise_follows_its_class_recursion_only(ar_coefs):
   _, labels = _images()
-  delta = baselines.autoregressive_noise(
+  delta = baselines.ar_noise(
       jax.random.key(2), labels, AR_SHAPE, num_classes=K,
       coefficients=ar_coefs)
   for i, k in enumerate(labels):
@@ -140,10 +140,10 @@ def test_ar_noise_follows_its_class_recursion_only(ar_coefs):
 def test_ar_default_coefficients_and_batching():
   _, labels = _images()
   key = jax.random.key(3)
-  delta = baselines.autoregressive_noise(key, labels, AR_SHAPE,
+  delta = baselines.ar_noise(key, labels, AR_SHAPE,
                                          num_classes=K)
   # The batch size (here not a divisor of N) is only a memory knob.
-  by_batch = baselines.autoregressive_noise(key, labels, AR_SHAPE,
+  by_batch = baselines.ar_noise(key, labels, AR_SHAPE,
                                             num_classes=K, batch_size=5)
   np.testing.assert_allclose(by_batch, delta, atol=1e-6)
   np.testing.assert_allclose(_l2(delta), 1.0, rtol=1e-5)
@@ -199,7 +199,7 @@ def test_same_key_same_noise(method, ar_coefs):
   def make(seed):
     key = jax.random.key(seed)
     if method == "ar":
-      return baselines.autoregressive_noise(key, labels, AR_SHAPE,
+      return baselines.ar_noise(key, labels, AR_SHAPE,
                                             num_classes=K,
                                             coefficients=ar_coefs)
     return baselines.linear_separable_patches(key, labels, (8, 8, 3),
@@ -227,7 +227,7 @@ def _ar(**kwargs):
           "num_classes": K, "coefficients": np.zeros((K, 1, 3, 3))}
   args.update(kwargs)
   labels, shape = args.pop("labels"), args.pop("image_shape")
-  return baselines.autoregressive_noise(jax.random.key(0), labels, shape,
+  return baselines.ar_noise(jax.random.key(0), labels, shape,
                                         **args)
 
 
@@ -290,7 +290,7 @@ def test_ar_coefficients_default_bound_and_its_effect(ar_coefs):
   labels = np.repeat(np.arange(K), 30)
 
   def weakest_cross_response(coefs):
-    fields = baselines.autoregressive_noise(
+    fields = baselines.ar_noise(
         jax.random.key(3), labels, (32, 32, 1), num_classes=K,
         coefficients=coefs)
     response = np.stack([np.abs(baselines.ar_residual(fields, c)).sum(
@@ -310,3 +310,54 @@ def test_ar_coefficients_errors():
   for bad in (-1.0, float("nan")):
     with pytest.raises(ValueError, match="min_response must be a finite"):
       baselines.ar_coefficients(jax.random.key(0), K, 1, min_response=bad)
+
+
+# ---------------------------------------------------------------------------
+# Method-level entry points: one CraftResult, like every crafting method.
+# ---------------------------------------------------------------------------
+
+
+def test_method_level_functions_return_craft_results(ar_coefs):
+  images, labels = _images(shape=AR_SHAPE)
+  key = jax.random.key(4)
+  ops = baselines.one_pixel_shortcut_noise(images, labels, num_classes=K)
+  pattern = baselines.one_pixel_shortcut(images, labels, num_classes=K)
+  np.testing.assert_array_equal(
+      ops.noise, baselines.ops_noise(images, labels, num_classes=K,
+                                     pattern=pattern))
+  np.testing.assert_array_equal(ops.info["positions"], pattern.positions)
+  np.testing.assert_array_equal(ops.info["values"], pattern.values)
+  assert ops.info["mode"] == "samplewise"
+
+  ar = baselines.autoregressive_noise(key, images, labels, num_classes=K,
+                                      coefficients=ar_coefs)
+  noise_key = jax.random.split(key)[1]
+  np.testing.assert_array_equal(
+      ar.noise, baselines.ar_noise(noise_key, labels, AR_SHAPE,
+                                   num_classes=K, coefficients=ar_coefs))
+  np.testing.assert_array_equal(ar.info["coefficients"], ar_coefs)
+  assert ar.info["window"] == 3 and ar.info["mode"] == "samplewise"
+
+  lsp = baselines.linear_separable_noise(key, images, labels, num_classes=K)
+  np.testing.assert_array_equal(
+      lsp.noise, baselines.linear_separable_patches(key, labels, AR_SHAPE,
+                                                    num_classes=K))
+  assert lsp.info["patch_size"] == baselines.lsp_default_patch_size(AR_SHAPE)
+  assert lsp.info["mode"] == "classwise"
+  for result in (ops, ar, lsp):
+    assert isinstance(result, noise.CraftResult)
+    assert result.surrogate is None and result.converged
+    released = noise.release(images, labels, result.noise,
+                             mode=result.info["mode"])
+    assert released.shape == images.shape
+
+
+def test_autoregressive_noise_searches_its_processes():
+  images, labels = _images(n=6, shape=AR_SHAPE)
+  result = baselines.autoregressive_noise(
+      jax.random.key(5), images, labels, num_classes=K, progress=False)
+  coef_key = jax.random.split(jax.random.key(5))[0]
+  np.testing.assert_array_equal(
+      result.info["coefficients"],
+      baselines.ar_coefficients(coef_key, K, AR_SHAPE[2]))
+  assert result.info["min_response"] == baselines.ar_default_min_response(K)

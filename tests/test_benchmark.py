@@ -1,16 +1,33 @@
-"""Tests of experiments.benchmark: the timed fast paths and the PyTorch
+"""Tests of benchmarks/benchmark.py: the timed fast paths and the PyTorch
 reference compute the same numbers as the plain ones (no timing asserts)."""
 
+import importlib
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import benchmark
 from jaxue import models
 from jaxue import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _import_script(name):
+  """Imports a script of benchmarks/ as it imports its siblings when run by
+  path: with that folder on sys.path."""
+  if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+  return importlib.import_module(name)
+
+
+benchmark = _import_script("benchmark")
 
 WIDTHS = (4, 8, 8)
 SHAPE = (28, 28, 1)
@@ -51,9 +68,10 @@ def test_conv_impls_give_the_lax_sgd_update(impl):
   _assert_trees_close(fast_metrics["loss"], ref_metrics["loss"])
 
 
-def _random_variables():
-  """Model variables with non-trivial batch-norm statistics and affines."""
-  model = models.make_model("small_cnn", widths=WIDTHS)
+def _random_variables(name="small_cnn"):
+  """Model variables with non-trivial batch-norm statistics, affines and
+  convolution biases."""
+  model = models.make_model(name, widths=WIDTHS)
   variables = model.init(jax.random.key(3), SHAPE)
   leaves, treedef = jax.tree.flatten(variables)
   keys = jax.random.split(jax.random.key(4), len(leaves))
@@ -62,11 +80,20 @@ def _random_variables():
   return model, jax.tree.unflatten(treedef, leaves)
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "small_cnn_nobias"])
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_torch_reference_model_matches_jaxue_logits(train_mode):
+def test_torch_reference_model_matches_jaxue_logits(train_mode, name):
   torch = pytest.importorskip("torch")
-  model, variables = _random_variables()
-  reference = benchmark.torch_small_cnn(WIDTHS)
+  model, variables = _random_variables(name)
+  bias = name == "small_cnn"
+  assert benchmark.has_conv_bias(variables) == bias
+  reference = benchmark.torch_small_cnn(WIDTHS, bias=bias)
+  # Like for like: the same parameters, biases included or not.
+  assert sum(p.numel() for p in reference.parameters()) == (
+      models.count_params(variables))
+  with pytest.raises(ValueError, match="biases"):
+    benchmark.load_jax_weights(
+        benchmark.torch_small_cnn(WIDTHS, bias=not bias), variables)
   benchmark.load_jax_weights(reference, variables)
   images, _ = _batch(6)
   expected, _ = model.apply(variables, train.as_float(jnp.asarray(images)),
@@ -84,6 +111,7 @@ def test_torch_reference_sgd_step_matches_jaxue():
   state = _state("auto").replace(params=variables["params"],
                                  batch_stats=variables["batch_stats"])
   ref = benchmark.TorchReference(WIDTHS, variables, threads=1)
+  assert ref.model[0].bias is not None  # The authors' model: conv biases.
   images, labels = _batch(16)
   new_state, _ = jax.jit(train.train_step)(
       state, (jnp.asarray(images), jnp.asarray(labels)), jax.random.key(0))
@@ -147,3 +175,26 @@ def test_bad_sizes_exit_with_usage_error(tmp_path, capsys):
     benchmark.main(["--quick", "--em-images", "64", "--out", str(tmp_path)])
   assert e.value.code == 2
   assert "--em-images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, bad_flags, named", [
+    ("benchmark.py", ["--quick", "--em-images", "64"], "--em-images"),
+    ("certify_speed.py", ["--models", "vgg"], "unknown models"),
+])
+def test_scripts_run_by_path_from_the_repository_root(script, bad_flags,
+                                                      named):
+  # Bad flags stop the script before any JAX work: this checks that the
+  # script imports its siblings when run by path, not as a module.
+  done = subprocess.run(
+      [sys.executable, f"benchmarks/{script}", *bad_flags], cwd=ROOT,
+      capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 2, done.stderr
+  assert named in done.stderr
+  assert "Traceback" not in done.stderr
+
+
+def test_default_output_folders_are_under_benchmarks_results():
+  certify_speed = _import_script("certify_speed")
+  results = BENCHMARKS / "results"
+  assert benchmark.parse_args(["--quick"]).out == results / "benchmark-quick"
+  assert certify_speed.parse_args([]).out == results / "certify_speed"

@@ -9,6 +9,7 @@ import os
 import textwrap
 from typing import Any, Callable, NamedTuple
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import pytest
 from scipy import stats
 
 from jaxue import certify
+from jaxue import models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -395,6 +397,144 @@ def test_noise_scale_and_determinism():
   assert not np.array_equal(noisy["a"], other["a"])
 
 
+def test_small_cnn_smooths_all_24170_parameters_biases_included():
+  """As the authors' certify.py: every trainable parameter of the small
+  CNN is perturbed, the convolution biases too (24,170 at 16/32/64)."""
+  model = models.make_model("small_cnn", widths=(16, 32, 64))
+  shapes = jax.eval_shape(lambda k: model.init(k, (28, 28, 1)),
+                          jax.random.key(0))
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        shapes["params"])
+  noisy = certify.perturb_params(jax.random.key(3), params, 0.25)
+  moved = jax.tree.map(lambda a: int(np.count_nonzero(a)), noisy)
+  assert sum(jax.tree.leaves(moved)) == 24_170
+  assert len(jax.tree.leaves(moved)) == 14  # 3 x (kernel, bias, BN x 2) + 2
+  for i, width in enumerate((16, 32, 64)):
+    assert moved[f"Conv_{i}"]["bias"] == width
+
+
+# ----------------------------------------------------------------------------
+# Any classifier: plain apply functions, linen and NNX modules, preprocess.
+# ----------------------------------------------------------------------------
+
+
+def _jaxue_accuracies(key, variables, images, labels, **kw):
+  return certify.sample_accuracies(key, MODEL.apply, variables, images,
+                                   labels, sigma=0.1, num_draws=5, **kw)
+
+
+def test_linen_module_and_plain_apply_match_the_jaxue_model():
+  variables, images, labels = _setup(n=23)
+  key = jax.random.key(2)
+  want = _jaxue_accuracies(key, variables, images, labels)
+  assert len(set(want.tolist())) > 1
+  kw = dict(sigma=0.1, num_draws=5)
+  # A linen module: apply(variables, x, train=False), batch_stats kept.
+  got = certify.sample_accuracies(key, TinyCNN(), variables, images, labels,
+                                  **kw)
+  np.testing.assert_array_equal(got, want)
+  # A plain apply(params, x) -> logits over flax's variables dict: only
+  # variables["params"] is smoothed.
+  def plain(v, x):
+    return TinyCNN().apply(v, x, train=False)
+
+  got = certify.sample_accuracies(key, plain, variables, images, labels,
+                                  **kw)
+  np.testing.assert_array_equal(got, want)
+  # jaxue's own Model (the functional adapter) is accepted whole.
+  wrapped = models.functional(TinyCNN(), "tiny")
+  got = certify.sample_accuracies(key, wrapped, variables, images, labels,
+                                  **kw)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_plain_apply_on_a_bare_parameter_tree():
+  rng = np.random.default_rng(3)
+  params = {"w": jnp.asarray(rng.standard_normal((48, 4)), jnp.float32),
+            "b": jnp.zeros((4,))}
+  images = rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+  labels = rng.integers(0, 4, (30,)).astype(np.int32)
+
+  def apply(p, x):
+    return x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None]
+
+  def jaxue_style(v, x, train):
+    del train
+    return apply(v["params"], x), {}
+
+  key = jax.random.key(5)
+  kw = dict(sigma=0.5, num_draws=6)
+  got = certify.sample_accuracies(key, apply, params, images, labels, **kw)
+  want = certify.sample_accuracies(key, jaxue_style, {"params": params},
+                                   images, labels, **kw)
+  np.testing.assert_array_equal(got, want)
+  assert len(set(got.tolist())) > 1
+
+
+class _NNXCNN(nnx.Module):
+
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.dense = nnx.Linear(4, 5, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.conv(x)))
+    return self.dense(x.mean(axis=(1, 2)))
+
+
+def test_nnx_module_matches_its_jaxue_style_form():
+  _, images, labels = _setup(n=23)
+  module = _NNXCNN(nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  module.bn.mean[...] = jnp.asarray(rng.standard_normal(4), jnp.float32)
+  module.bn.var[...] = jnp.asarray(np.exp(rng.standard_normal(4)),
+                                    jnp.float32)
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+  def jaxue_style(v, x, train):
+    del train
+    model = nnx.merge(graphdef, v["params"], v["rest"])
+    model.eval()
+    return model(x), v["rest"]
+
+  key = jax.random.key(4)
+  kw = dict(sigma=1.0, num_draws=5)
+  want = certify.sample_accuracies(key, jaxue_style,
+                                   {"params": params, "rest": rest}, images,
+                                   labels, **kw)
+  assert len(set(want.tolist())) > 1
+  got = certify.sample_accuracies(key, module, images, labels, **kw)
+  np.testing.assert_array_equal(got, want)
+  got = certify.sample_accuracies(key, module, None, images, labels, **kw)
+  np.testing.assert_array_equal(got, want)
+  # The caller's module is untouched (still in train mode).
+  assert not module.bn.use_running_average
+  with pytest.raises(ValueError, match="holds its own parameters"):
+    certify.sample_accuracies(key, module, {"params": params}, images,
+                              labels, **kw)
+
+
+def test_preprocess_takes_float_images():
+  variables, images, labels = _setup(n=23)
+  key = jax.random.key(6)
+  want = _jaxue_accuracies(key, variables, images, labels)
+  unit = images.astype(np.float32) / 255
+  got = _jaxue_accuracies(key, variables, unit, labels,
+                          preprocess=lambda x: x)
+  np.testing.assert_array_equal(got, want)
+  # Normalised inputs, de-normalised inside jit.
+  mean, std = 0.5, 0.25
+  got = _jaxue_accuracies(key, variables, (unit - mean) / std, labels,
+                          preprocess=lambda x: x * std + mean)
+  np.testing.assert_allclose(got, want, atol=2 / len(labels))
+  with pytest.raises(ValueError, match="uint8"):
+    _jaxue_accuracies(key, variables, unit, labels)
+  with pytest.raises(ValueError, match="labels is missing"):
+    certify.sample_accuracies(key, MODEL.apply, images, labels, sigma=0.1,
+                              num_draws=2)
+
+
 # ----------------------------------------------------------------------------
 # 1 vs 8 fake CPU devices (subprocess: the device count is fixed at import).
 # ----------------------------------------------------------------------------
@@ -509,3 +649,191 @@ def test_sampling_errors():
     run(chunk_size=0)
   with pytest.raises(ValueError, match="data_axis needs a mesh"):
     run(data_axis="data")
+
+
+# ----------------------------------------------------------------------------
+# Expected learnability: mean bounds, the Lipschitz step, optional stopping.
+# ----------------------------------------------------------------------------
+
+# Accuracy laws on [0, 1] with their means: continuous, discrete with ties,
+# two-point (the hardest law for a mean bound), and a narrow one like real
+# smoothed accuracies (std ~0.01).
+MEAN_LAWS = {
+    "beta": (lambda rng, shape: rng.beta(2.0, 5.0, shape), 2.0 / 7.0),
+    "binomial": (lambda rng, shape: rng.binomial(40, 0.3, shape) / 40.0, 0.3),
+    "two_point": (lambda rng, shape: (rng.random(shape) < 0.15) * 1.0, 0.15),
+    "narrow": (lambda rng, shape: rng.beta(400.0, 1600.0, shape), 0.2),
+}
+
+
+def _coverage_floor(c, reps):
+  """Coverage below this is a failure at the 0.1% level for a valid bound."""
+  return stats.binom.ppf(0.001, reps, c) / reps
+
+
+@pytest.mark.parametrize("law", sorted(MEAN_LAWS))
+@pytest.mark.parametrize("method,anytime", [("betting", False),
+                                            ("betting", True),
+                                            ("bernstein", False)])
+def test_mean_upper_bound_coverage(law, method, anytime):
+  sampler, mean = MEAN_LAWS[law]
+  reps, n, c = 2000, 300, 0.9
+  x = sampler(np.random.default_rng(5), (reps, n))
+  upper = certify._mean_upper(x, c, method, anytime)  # Vectorised form.
+  assert upper[0] == certify.mean_upper_bound(
+      x[0], confidence=c, method=method, anytime=anytime)
+  coverage = np.mean(upper >= mean)
+  assert coverage >= _coverage_floor(c, reps), coverage
+  # Not vacuous: within a few standard errors (plus the range term).
+  assert np.median(upper - mean) < 0.1, np.median(upper - mean)
+
+
+def test_betting_is_tighter_than_bernstein_on_narrow_laws():
+  x = MEAN_LAWS["narrow"][0](np.random.default_rng(6), (1000,))
+  betting = certify.mean_upper_bound(x, confidence=0.99)
+  bernstein = certify.mean_upper_bound(x, confidence=0.99,
+                                       method="bernstein")
+  assert x.mean() < betting < bernstein
+
+
+def test_lipschitz_step_on_smoothed_linear_classifiers():
+  # acc(θ) = mean_j 1[y_j <θ, x_j> > 0] has the closed-form smoothed accuracy
+  # g(θ) = mean_j Φ(y_j <θ, x_j> / (σ ‖x_j‖)). With U = g(θ̂) exactly, the
+  # bound Φ(Φ⁻¹(U) + η/σ) must cover g on the whole η-ball: along random
+  # directions and the gradient (the steepest one), and it is attained in
+  # 1-D for a single point.
+  rng = np.random.default_rng(7)
+  d, m, sigma = 20, 50, 0.5
+  x = rng.normal(size=(m, d))
+  y = np.sign(rng.normal(size=m))
+  theta = rng.normal(size=d) * 0.1
+
+  def g(t):
+    return np.mean(stats.norm.cdf(y * (x @ t) /
+                                  (sigma * np.linalg.norm(x, axis=1))))
+
+  base = g(theta)
+  grad = np.mean((stats.norm.pdf(y * (x @ theta) / (
+      sigma * np.linalg.norm(x, axis=1))) * y / (
+          sigma * np.linalg.norm(x, axis=1)))[:, None] * x, axis=0)
+  directions = [grad / np.linalg.norm(grad)] + [
+      v / np.linalg.norm(v) for v in rng.normal(size=(200, d))]
+  for eta in (0.05, 0.2, 0.5, 1.0):
+    bound = certify.expected_level(base, sigma=sigma, eta=eta)
+    worst = max(g(theta + eta * v) for v in directions)
+    assert worst <= bound + 1e-12, (eta, worst, bound)
+  tight = certify.expected_level(stats.norm.cdf(0.3), sigma=1.0, eta=0.4)
+  assert tight == pytest.approx(stats.norm.cdf(0.7), abs=1e-15)
+
+
+def test_expected_curve_coverage_on_a_step_function():
+  # f(θ) = 1[θ_1 > 0]: draws are Bernoulli(g(θ̂)) with g(θ̂) = Φ(θ̂_1/σ) and
+  # the worst θ′ in the η-ball has g = Φ((θ̂_1 + η)/σ) = the bound at U = g.
+  reps, n, c, sigma, theta1 = 2000, 400, 0.9, 0.25, -0.2
+  g_hat = stats.norm.cdf(theta1 / sigma)
+  rng = np.random.default_rng(8)
+  draws = (theta1 + sigma * rng.normal(size=(reps, n)) > 0) * 1.0
+  etas = np.array([0.0, 0.1, 0.3, 0.6])
+  upper = certify._mean_upper(draws, c, "betting", False)
+  bounds = certify._lipschitz_level(upper[:, None], sigma, etas[None, :])
+  worst = stats.norm.cdf((theta1 + etas) / sigma)
+  # One confidence for the whole curve: every η at once.
+  holds = np.all(bounds >= worst[None, :] - 1e-12, axis=1)
+  assert np.mean(holds) >= _coverage_floor(c, reps), np.mean(holds)
+  curve = certify.expected_learnability_curve(draws[0], sigma=sigma,
+                                              etas=etas, confidence=c)
+  np.testing.assert_allclose(curve.values, bounds[0], rtol=0, atol=1e-15)
+  assert curve.upper_mean == upper[0] and curve.n == n
+  assert curve.largest_eta_at_most(0.0) is None
+  assert curve.largest_eta_at_most(1.0) == 0.6
+  assert json.loads(json.dumps(curve.to_json()))["method"] == "betting"
+
+
+def test_look_schedule_and_spending():
+  assert certify.look_schedule(1000, 100_000) == (
+      1000, 2000, 4000, 8000, 16000, 32000, 64000, 100_000)
+  assert certify.look_schedule(16, 16) == (16,)
+  assert certify.look_schedule(3, 10, growth=1.5) == (3, 5, 7, 10)
+  assert certify.look_confidence(0.99, 8) == pytest.approx(1 - 0.01 / 8)
+  for bad in [dict(first=0, last=4), dict(first=5, last=4),
+              dict(first=1, last=4, growth=1.0)]:
+    with pytest.raises(ValueError):
+      certify.look_schedule(**bad)
+
+
+@pytest.mark.parametrize("law", ["beta", "binomial"])
+def test_coverage_under_optional_stopping(law):
+  """Stop at the first look whose certificate at the target η meets a
+  target value set just above the truth (the stopping rule that most
+  favours lucky low draws); the certificate at the stopping look must hold
+  with probability ≥ c, for both kinds. (Without the spending, the
+  quantile kind's coverage at this seed on the beta law is 0.775 < 0.8.)"""
+  sampler, mean = MEAN_LAWS[law]
+  quantile = {"beta": lambda p: stats.beta.ppf(p, 2.0, 5.0),
+              "binomial": lambda p: stats.binom.ppf(p, 40, 0.3) / 40.0}[law]
+  reps, c, q, sigma, eta = 1000, 0.8, 0.5, 1.0, 0.3
+  looks = certify.look_schedule(100, 1600)
+  c_look = certify.look_confidence(c, len(looks))
+  x = sampler(np.random.default_rng(9), (reps, looks[-1]))
+  true_q = quantile(certify.quantile_level(q=q, sigma=sigma, eta=eta))
+  true_expected = certify.expected_level(mean, sigma=sigma, eta=eta)
+
+  # Quantile kind: per-look confidence from α-spending.
+  target = true_q + 0.02
+  value = np.full(reps, np.nan)
+  stopped = np.zeros(reps, bool)
+  for n in looks:
+    prefix = np.sort(x[:, :n], axis=1)
+    k = certify.certified_rank(n, q=q, sigma=sigma, eta=eta,
+                               confidence=c_look)
+    if k is not None:
+      v = prefix[:, k - 1]
+      fresh = ~stopped & ((v <= target) | (n == looks[-1]))
+      value[fresh] = v[fresh]
+      stopped |= fresh
+  assert stopped.all()
+  coverage = np.mean(value >= true_q - 1e-12)
+  assert coverage >= _coverage_floor(c, reps), coverage
+
+  # Expected kind: the anytime betting confidence sequence, no spending.
+  level = true_expected + 0.02
+  bound = np.full(reps, np.nan)
+  stopped = np.zeros(reps, bool)
+  for n in looks:
+    live = ~stopped
+    upper = certify._mean_upper(x[live, :n], c, "betting", True)
+    b = certify._lipschitz_level(upper, sigma, eta)
+    stop = (b <= level) | (n == looks[-1])
+    idx = np.flatnonzero(live)[stop]
+    bound[idx] = b[stop]
+    stopped[idx] = True
+  coverage = np.mean(bound >= true_expected - 1e-12)
+  assert coverage >= _coverage_floor(c, reps), coverage
+  assert np.mean(bound <= level) > 0.2  # The rule does stop early.
+
+  # The library's one-look function agrees with the vectorised forms.
+  look = certify.check_target(x[0, :looks[1]], eta=eta, q=q, sigma=sigma,
+                              confidence=c, num_looks=len(looks),
+                              bound="expected", target_value=level)
+  k = certify.certified_rank(looks[1], q=q, sigma=sigma, eta=eta,
+                             confidence=c_look)
+  assert look.quantile == np.sort(x[0, :looks[1]])[k - 1]
+  assert look.expected == pytest.approx(float(certify._lipschitz_level(
+      certify._mean_upper(x[0, :looks[1]], c, "betting", True), sigma, eta)),
+                                        abs=0)
+  assert look.certified == (look.expected <= level)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(confidence=1.0), "confidence"),
+    (dict(method="hoeffding"), "method"),
+    (dict(method="bernstein", anytime=True), "fixed N"),
+])
+def test_mean_bound_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    certify.mean_upper_bound([0.2, 0.3, 0.4], **kwargs)
+  with pytest.raises(ValueError, match="lie in"):
+    certify.mean_upper_bound([0.2, 1.3])
+  with pytest.raises(ValueError, match="bound must be"):
+    certify.check_target([0.2], eta=0.1, q=0.9, sigma=0.1, confidence=0.9,
+                         num_looks=1, bound="mean")

@@ -3,6 +3,7 @@
 import gzip
 import pathlib
 import struct
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +269,19 @@ def test_tfds_failure_explains(monkeypatch):
   assert 'ConnectionError: no network' in msg
   assert 'cifar-10-batches-bin' in msg
   assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_without_tfds_the_error_names_the_extra(monkeypatch):
+  # The default install has no tensorflow_datasets; a None entry in
+  # sys.modules makes its import fail as if it were absent.
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(FileNotFoundError) as info:
+    data.load('cifar10', 'test')
+  msg = str(info.value)
+  assert '\n' not in msg
+  assert 'pip install "jaxue[tfds]"' in msg
+  assert 'jaxue_data_dir/cifar10' in msg and 'cifar-10-batches-bin' in msg
+  assert info.value.__cause__ is None
 
 
 # ------------------------------------------------------------ validation

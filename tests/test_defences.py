@@ -111,8 +111,9 @@ def test_make_defence():
   for name in defences.DEFENCES:
     defence = defences.make_defence(name, (28, 28, 1), 10)
     assert defence.name == name
-  assert defences.make_defence("none", (28, 28, 1), 10) == ("none", None,
-                                                             None, None)
+  assert defences.make_defence("none", (28, 28, 1), 10) == defences.Defence(
+      "none")
+  assert defences.Defence("none")[1:] == (None, None, None, 1, None)
   assert defences.make_defence("mixup", (28, 28, 1), 10).mix is not None
   assert defences.make_defence("jpeg", (28, 28, 1), 10).preprocess is not None
   cut = defences.make_defence("cutout", (28, 28, 1), 10).augment

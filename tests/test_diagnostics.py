@@ -6,6 +6,7 @@ import pytest
 
 from jaxue import diagnostics
 from jaxue import models
+from jaxue import train
 
 from tests.test_experiments import _fake_idx_dir
 
@@ -161,3 +162,72 @@ def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
       noise_features.main(bad)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_describe_release_gathers_every_measurement():
+  rng = np.random.default_rng(5)
+  clean = _images(rng, 40, (28, 28, 1))
+  labels = np.arange(40) % 10
+  directions = diagnostics.class_directions(clean, labels, num_classes=10)
+  # Class-wise noise: one +-4 pattern per class (a shortcut).
+  pattern = rng.choice([-4, 4], (10, 28, 28, 1))
+  released = np.clip(clean.astype(int) + pattern[labels], 0, 255).astype(
+      np.uint8)
+  plain = diagnostics.describe_release(clean, released, labels,
+                                       directions=directions, num_classes=10)
+  assert set(plain) == {"images", "noise_l2_mean", "noise_linf_max",
+                        "class_direction_cosine",
+                        "noise_nearest_class_mean_accuracy"}
+  assert plain["images"] == 40
+  assert plain["noise_linf_max"] == pytest.approx(4 / 255, abs=1e-6)
+  noise = diagnostics.effective_noise(clean, released)
+  assert plain["noise_l2_mean"] == pytest.approx(
+      np.linalg.norm(noise.reshape(40, -1), axis=1).mean(), rel=1e-6)
+  assert plain["class_direction_cosine"] == pytest.approx(np.mean(
+      diagnostics.class_direction_cosine(noise, labels, directions)))
+  assert plain["noise_nearest_class_mean_accuracy"] == 1.0
+  model = models.make_model("small_cnn", widths=(4, 4, 4))
+  variables = model.init(jax.random.key(0), (28, 28, 1))
+  full = diagnostics.describe_release(
+      clean, released, labels, directions=directions, num_classes=10,
+      reference=(model.apply, variables))
+  assert full["reference_model"] == diagnostics.transfer(
+      model.apply, variables, clean, released, labels)
+  assert {k: full[k] for k in plain} == plain
+  with pytest.raises(ValueError, match="differ in shape"):
+    diagnostics.describe_release(clean, released[:, :27], labels,
+                                 directions=directions, num_classes=10)
+
+
+def test_train_reference_uses_only_images_outside_the_releases(monkeypatch):
+  rng = np.random.default_rng(6)
+  images = _images(rng, 1300, (28, 28, 1))
+  labels = (np.arange(1300) % 10).astype(np.int32)
+  model = models.make_model("small_cnn", widths=(4, 4, 4))
+  seen = {}
+
+  def fake_train(key, model, x, y, **kwargs):
+    seen.update(x=x, y=y, **kwargs)
+    state = train.create_train_state(key, model, x.shape[1:],
+                                     train.make_optimizer(0.1))
+    return state, {"test_accuracy": [0.5]}
+
+  monkeypatch.setattr(train, "train_victim", fake_train)
+  test = (images[:10], labels[:10])
+  variables, info = diagnostics.train_reference(
+      jax.random.key(0), model, images, labels,
+      exclude=[np.arange(200), np.arange(100, 300)], num_classes=10,
+      test=test, epochs=3)
+  assert info == {"train_images": 1000, "test_accuracy": 0.5}
+  np.testing.assert_array_equal(seen["x"], images[300:])
+  np.testing.assert_array_equal(seen["y"], labels[300:])
+  assert seen["epochs"] == 3 and seen["test"] is test
+  assert set(variables) == {"params", "batch_stats"}
+  with pytest.raises(ValueError, match="only 999 clean training images"):
+    diagnostics.train_reference(
+        jax.random.key(0), model, images, labels, exclude=[np.arange(301)],
+        num_classes=10, test=test)
+  with pytest.raises(ValueError, match="with every class"):
+    diagnostics.train_reference(
+        jax.random.key(0), model, images, labels,
+        exclude=[np.flatnonzero(labels == 3)], num_classes=11, test=test)

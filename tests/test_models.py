@@ -12,6 +12,8 @@ from jaxue import models
     ("small_cnn", (28, 28, 1), 10),
     ("small_cnn", (32, 32, 3), 100),
     ("small_cnn_flat", (28, 28, 1), 10),
+    ("small_cnn_nobias", (28, 28, 1), 10),
+    ("small_cnn_flat_nobias", (28, 28, 1), 10),
     ("resnet18", (32, 32, 3), 10),
     ("resnet18", (28, 28, 1), 10),
 ])
@@ -45,6 +47,52 @@ def test_published_widths_and_param_count():
       jax.random.key(0))
   n = sum(np.prod(x.shape) for x in jax.tree.leaves(resnet["params"]))
   assert 11.1e6 < n < 11.2e6  # The CIFAR ResNet-18 has 11.17M parameters.
+
+
+def test_small_cnn_param_count_is_the_authors():
+  """The PUE authors' ToyModel at widths 16/32/64 on 28x28x1 inputs and
+  10 classes: 3x3 convolutions with biases (9*1*16+16, 9*16*32+32,
+  9*32*64+64), batch-norm scale and bias (2*(16+32+64)), the classifier
+  (64*10+10): 24,170 parameters; without the convolution biases 24,058."""
+  counts = {}
+  for name in ("small_cnn", "small_cnn_nobias"):
+    model = models.make_model(name, widths=(16, 32, 64))
+    variables = jax.eval_shape(lambda k, m=model: m.init(k, (28, 28, 1)),
+                               jax.random.key(0))
+    counts[name] = models.count_params(variables)
+    biases = [p["bias"].shape for layer, p in variables["params"].items()
+              if layer.startswith("Conv_") and "bias" in p]
+    assert biases == ([(16,), (32,), (64,)] if name == "small_cnn" else [])
+  assert counts == {"small_cnn": 24_170, "small_cnn_nobias": 24_058}
+  assert models.make_model().name == "small_cnn(64,128,256)"
+
+
+def test_small_cnn_bias_is_added_after_the_conv():
+  """conv -> +bias -> BN -> ReLU -> pool: with its biases zeroed the model
+  is the bias-free one, and a bias shifts the pre-BN activations of its
+  channel, which eval-mode batch norm does not absorb."""
+  biased = models.make_model("small_cnn", widths=(4, 8, 8))
+  plain = models.make_model("small_cnn_nobias", widths=(4, 8, 8))
+  variables = biased.init(jax.random.key(0), (12, 12, 1))
+  stripped = {"params": {k: {n: a for n, a in p.items()
+                             if not (k.startswith("Conv_") and n == "bias")}
+                         for k, p in variables["params"].items()},
+              "batch_stats": variables["batch_stats"]}
+  assert jax.tree.map(jnp.shape, stripped) == jax.tree.map(
+      jnp.shape, plain.init(jax.random.key(0), (12, 12, 1)))
+  x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 1))
+  for train in (False, True):
+    np.testing.assert_allclose(biased.apply(variables, x, train)[0],
+                               plain.apply(stripped, x, train)[0],
+                               rtol=1e-6, atol=1e-6)
+  shifted = jax.tree.map(lambda a: a, variables)
+  shifted["params"]["Conv_0"]["bias"] = jnp.full((4,), 0.5)
+  assert not np.allclose(biased.apply(shifted, x, False)[0],
+                         biased.apply(variables, x, False)[0])
+  # Train mode: batch norm subtracts the batch mean, bias included.
+  np.testing.assert_allclose(biased.apply(shifted, x, True)[0],
+                             biased.apply(variables, x, True)[0],
+                             rtol=1e-4, atol=1e-4)
 
 
 def test_flat_head_differs_from_small_cnn_only_in_its_classifier():
@@ -89,6 +137,43 @@ def test_conv_impls_match_lax(impl, strides, padding, kernel, channels):
                              argnums=argnums))(x, w)
     for a, b in zip(grads, ref_grads):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["lax", "im2col", "hybrid"])
+@pytest.mark.parametrize("channels", [1, 5])
+def test_conv_with_bias_matches_flax_conv(impl, channels):
+  """`Conv(use_bias=True)` is `nn.Conv` (same variables and function) in
+  every impl, with the gradients of the input, kernel and bias, also
+  vmapped over per-draw parameters (certification, PUE)."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, channels))
+  ours = models.Conv(6, use_bias=True, impl=impl)
+  theirs = nn.Conv(6, (3, 3), padding=1)
+  variables = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, theirs.init(jax.random.key(1), x))
+  variables = jax.tree.map(  # A non-zero bias.
+      lambda a: a + jax.random.normal(jax.random.key(2), a.shape), variables)
+  g = jax.random.normal(jax.random.key(3), (2, 7, 7, 6))
+
+  def loss(module, variables, x):
+    return jnp.vdot(module.apply(variables, x), g)
+
+  np.testing.assert_allclose(ours.apply(variables, x),
+                             theirs.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  for argnums in ((0, 1), (0,), (1,)):
+    got = jax.jit(jax.grad(lambda v, x: loss(ours, v, x),
+                           argnums=argnums))(variables, x)
+    want = jax.grad(lambda v, x: loss(theirs, v, x),
+                    argnums=argnums)(variables, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  draws = jax.tree.map(lambda a: jnp.stack([a, -a, 2 * a]), variables)
+  got = jax.jit(jax.vmap(jax.grad(lambda v: loss(ours, v, x))))(draws)
+  want = jax.vmap(jax.grad(lambda v: loss(theirs, v, x)))(draws)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape,kernel,padding", [

@@ -46,6 +46,42 @@ def test_em_reaches_stop_condition_on_random_labels(model, mode):
   assert np.abs(result.noise).max() <= 32 / 255 + 1e-6
   if mode == "classwise":
     assert np.abs(result.noise).max() > 0
+  assert result.info["method"] == "em" and result.info["mode"] == mode
+  assert result.info["rounds"] == len(result.history["accuracy"])
+  released = noise.release(images, labels, result.noise,
+                           mode=result.info["mode"])
+  assert released.shape == images.shape
+
+
+def test_craft_result_defaults_are_fresh():
+  a = noise.CraftResult(np.zeros((1, 2, 2, 1), np.float32))
+  b = noise.CraftResult(np.zeros((1, 2, 2, 1), np.float32))
+  assert a.surrogate is None and a.converged and a.history == {}
+  a.info["x"] = 1
+  assert b.info == {}
+  # Four positional fields, as before `info` was added.
+  c = noise.CraftResult(a.noise, None, {"accuracy": [1.0]}, False)
+  assert c.info == {} and not c.converged
+  assert c._replace(converged=True).converged
+
+
+@pytest.mark.parametrize("mode", ["samplewise", "classwise"])
+def test_uniform_noise_is_a_craft_result(mode):
+  images, labels = _dataset(20)
+  result = noise.uniform_noise(jax.random.key(0), images, labels,
+                               num_classes=3, mode=mode, epsilon=0.1)
+  lead = 20 if mode == "samplewise" else 3
+  assert result.noise.shape == (lead, 8, 8, 1)
+  assert result.surrogate is None and result.converged
+  assert result.info == {"method": "random", "mode": mode, "epsilon": 0.1}
+  assert np.abs(result.noise).max() <= 0.1
+  if mode == "samplewise":
+    np.testing.assert_array_equal(
+        result.noise,
+        noise.random_noise(jax.random.key(0), images.shape, epsilon=0.1))
+  with pytest.raises(ValueError, match="mode must be one of"):
+    noise.uniform_noise(jax.random.key(0), images, labels, num_classes=3,
+                        mode="pixelwise")
 
 
 def test_samplewise_noise_is_indexed_by_position(model):
@@ -153,22 +189,24 @@ def test_release_classwise_picks_label_noise():
 
 def test_release_classwise_when_images_equal_classes():
   # Two images of classes 1, 0 and two class noises: only the explicit
-  # flag tells class-wise from sample-wise.
+  # mode tells class-wise from sample-wise.
   images = np.full((2, 1, 1, 1), 100, np.uint8)
   labels = np.array([1, 0], np.int32)
   delta = np.array([5, -5], np.float32).reshape(2, 1, 1, 1) / 255
-  by_class = noise.release(images, labels, delta, classwise=True)
-  by_sample = noise.release(images, labels, delta, classwise=False)
+  by_class = noise.release(images, labels, delta, mode="classwise")
+  by_sample = noise.release(images, labels, delta, mode="samplewise")
   np.testing.assert_array_equal(by_class.ravel(), [95, 105])
   np.testing.assert_array_equal(by_sample.ravel(), [105, 95])
   np.testing.assert_array_equal(noise.release(images, labels, delta),
                                 by_sample)
-  with pytest.raises(ValueError, match="sample-wise noise needs"):
+  with pytest.raises(ValueError, match="mode='samplewise' needs one noise"):
     noise.release(np.full((3, 1, 1, 1), 9, np.uint8),
-                  np.array([0, 1, 1], np.int32), delta, classwise=False)
-  with pytest.raises(ValueError, match="class-wise noise has 2"):
+                  np.array([0, 1, 1], np.int32), delta, mode="samplewise")
+  with pytest.raises(ValueError, match="mode='classwise' needs one noise"):
     noise.release(images, np.array([2, 0], np.int32), delta,
-                  classwise=True)
+                  mode="classwise")
+  with pytest.raises(ValueError, match="mode must be one of"):
+    noise.release(images, labels, delta, mode="class-wise")
 
 
 def test_release_errors():

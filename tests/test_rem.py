@@ -115,7 +115,7 @@ def test_inner_maximisation_raises_loss_within_rho_a(trained):
   images, labels = _dataset()
   x = jnp.asarray(images, jnp.float32) / 255
   y = jnp.asarray(labels)
-  delta = ATTACK(trained, x, y, jax.random.key(0))
+  delta = ATTACK(jax.random.key(0), trained, x, y)
   assert float(jnp.abs(delta).max()) <= CFG.rho_a + 1e-6
   assert float((x + delta).min()) >= 0 and float((x + delta).max()) <= 1
   assert _loss(trained, x + delta, y) > _loss(trained, x, y) + 0.1
@@ -139,7 +139,7 @@ def test_outer_step_lowers_robust_loss(trained):
     losses = []
     for k in range(3):
       moved = t(jax.random.key(100 + k), x + delta)
-      adversarial = moved + ATTACK(trained, moved, y, jax.random.key(k))
+      adversarial = moved + ATTACK(jax.random.key(k), trained, moved, y)
       losses.append(_loss(trained, adversarial, y))
     return np.mean(losses)
 

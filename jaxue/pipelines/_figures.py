@@ -134,3 +134,55 @@ def heatmap(path: str | os.PathLike, values: np.ndarray, *,
   if title:
     ax.set_title(title)
   _save(fig, path)
+
+
+def certified_curves(path: str | os.PathLike,
+                     curves: Mapping[str, Sequence[tuple[float,
+                                                         float | None]]], *,
+                     ylabel: str, title: str = "",
+                     expected: Mapping[str, Sequence[tuple[float, float]]]
+                     | None = None) -> None:
+  """Certified learnability over the whole eta grid, one line per model.
+
+  Abstentions (no certificate at that eta: N is too small) are drawn as an
+  'x' on the bottom axis in the model's colour, so the grid is shown whole
+  and a missing point is never mistaken for a low value. ``expected``:
+  per model, the expected-learnability curve, dashed in the same colour.
+  """
+  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  etas = sorted({float(e) for points in curves.values() for e, _ in points})
+  logx = bool(etas) and etas[0] > 0
+  abstains = False
+  for i, (name, points) in enumerate(curves.items()):
+    color = f"C{i}"
+    xs = [float(e) for e, _ in points]
+    # NaN breaks the line where the model abstains.
+    ys = [np.nan if v is None else float(v) for _, v in points]
+    ax.plot(xs, ys, marker="o", ms=3, color=color, label=name)
+    if expected and name in expected:
+      ax.plot([float(e) for e, _ in expected[name]],
+              [float(v) for _, v in expected[name]], ls="--", color=color,
+              label=f"{name} (expected)")
+    missing = [float(e) for e, v in points if v is None]
+    if missing:
+      abstains = True
+      ax.plot(missing, [0.0] * len(missing), ls="none", marker="x", ms=6,
+              mew=1.5, color=color, clip_on=False)
+  if abstains:
+    ax.plot([], [], ls="none", marker="x", ms=6, mew=1.5, color="0.3",
+            label="abstains (no certificate)")
+  if logx:
+    ax.set_xscale("log")
+  if etas:
+    lo, hi = etas[0], etas[-1]
+    ax.set_xlim((lo / 1.5, hi * 1.5) if logx else
+                (lo - 0.05 * (hi - lo or 1), hi + 0.05 * (hi - lo or 1)))
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("eta (parameter-space radius)")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=9)
+  _save(fig, path)

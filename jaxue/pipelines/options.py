@@ -190,9 +190,9 @@ def fingerprinted(config: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------- the shared concepts
-def dataset() -> Any:
+def dataset(default: str | None = DATASET, help: str = "dataset") -> Any:
   from jaxue import data  # Deferred: keeps `jaxue --help` light.
-  return option(DATASET, "dataset", choices=tuple(data.DATASETS))
+  return option(default, help, choices=tuple(data.DATASETS))
 
 
 def data_dir() -> Any:
@@ -212,15 +212,15 @@ def test_size(default: int | None = None) -> Any:
                 parse=int, check=optional(positive_int), metavar="N")
 
 
-def model() -> Any:
+def model(default: str | None = MODEL, help: str = "architecture") -> Any:
   from jaxue import models
-  return option(MODEL, "architecture", choices=tuple(models.MODELS))
+  return option(default, help, choices=tuple(models.MODELS))
 
 
-def widths() -> Any:
-  return option(WIDTHS, "channel widths per block (16,32,64 is CPU-sized; "
+def widths(default: tuple[int, ...] | None = WIDTHS) -> Any:
+  return option(default, "channel widths per block (16,32,64 is CPU-sized; "
                 "the published small CNN is 64,128,256)",
-                parse=parse_int_list, check=each(positive_int),
+                parse=parse_int_list, check=optional(each(positive_int)),
                 metavar="W,W,W")
 
 

@@ -1,14 +1,15 @@
 """Certification throughput: Monte-Carlo draws per second per model.
 
-    python -m experiments.certify_speed --out runs/speed [--draws 64]
+    python benchmarks/certify_speed.py [--out DIR] [--draws 64]
 
 Times `jaxue.certify.sample_accuracies` (whole 10,000-image test set, eval
 mode, one draw = one perturbed copy of all trainable parameters) for the
 CPU-default small CNN, the published-width small CNN (28x28x1) and the CIFAR
 ResNet-18 (32x32x3), on generated data (throughput does not depend on pixel
 values). Compilation is excluded: each configuration is run once to warm up.
-Writes ``results.json`` with draws/s and achieved GFLOP/s (FLOPs of one
-forward pass counted by XLA's cost analysis).
+Writes ``OUT/results.json`` (default OUT: ``benchmarks/results/certify_speed``)
+with draws/s and achieved GFLOP/s (FLOPs of one forward pass counted by
+XLA's cost analysis).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
 from jaxue import certify
 from jaxue import checkpoint
 from jaxue import models
+
+# A sibling: the script runs by path, with this folder first on sys.path.
+import _common as common  # pylint: disable=g-bad-import-order
 
 CONFIGS = {
     "small_cnn_cpu": ("small_cnn", (16, 32, 64), (28, 28, 1)),
@@ -35,9 +38,11 @@ CONFIGS = {
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m experiments.certify_speed",
+  p = argparse.ArgumentParser(prog="python benchmarks/certify_speed.py",
                               description=__doc__)
-  p.add_argument("--out", type=pathlib.Path, required=True)
+  p.add_argument("--out", type=pathlib.Path,
+                 default=common.RESULTS / "certify_speed",
+                 help="writes OUT/results.json (default %(default)s)")
   p.add_argument("--models", default=",".join(CONFIGS))
   p.add_argument("--draws", type=common.positive_int, default=64)
   p.add_argument("--test-size", type=common.positive_int, default=10_000)
@@ -137,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "draws_per_second": best["draws_per_second"],
                      "gflops": best["gflops"]}
   out = {"test_size": args.test_size, "draws": args.draws,
-         "models": results, **common.metadata(args)}
+         "models": results, **common.metadata(args, __file__, argv)}
   checkpoint.write_json(args.out / "results.json", out)
   return out
 

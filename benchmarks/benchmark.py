@@ -1,6 +1,6 @@
 """jaxue against a PyTorch port of the reference loops, timed in one run.
 
-    python -m experiments.benchmark --out runs/bench --quick
+    python benchmarks/benchmark.py --quick [--out DIR]
 
 For each workload, jaxue's own code path and a PyTorch implementation of the
 *reference loop as the official code runs it* (same small CNN, batch, data
@@ -40,7 +40,7 @@ jaxue is faster):
   jaxue: `jaxue.certify.sample_accuracies` (the backend's default chunk);
   PyTorch: the reference's certification loop (perturb the parameters in
   place, run the test set, restore). jaxue's draws are sharded over every
-  device, as `experiments.certify` runs them; on a CPU host that is one
+  device, as jaxue's certification runs them; on a CPU host that is one
   device per core (``--cpu-devices``, default auto), and one device's time
   is recorded as well.
 
@@ -55,8 +55,8 @@ Also measured: the CPU's float32 matmul GFLOP/s (the median of a few
 ``--matmul-size``-cubed products in XLA, at the start and at the end of the
 run; ``matmul_gflops`` is the faster of the two) and each workload's achieved
 GFLOP/s. FLOPs are the model's, counted by XLA's cost analysis
-(`experiments.certify_speed.xla_flops`) of loop-free functions with XLA's
-own convolutions (conv impl "lax"), times the trip counts: one SGD step
+(`certify_speed.xla_flops`, beside this script) of loop-free functions with
+XLA's own convolutions (conv impl "lax"), times the trip counts: one SGD step
 (forward, backward, update), one PGD step (forward and input gradient),
 one eval forward pass. For certification, the draws needed to certify
 eta in {0.1, 0.25, 0.5, 0.75} at sigma 0.25, q 0.9, c 0.99 and the implied
@@ -64,7 +64,8 @@ run time at the measured draws/s are printed.
 
 PyTorch is the optional ``bench`` extra (``pip install torch==2.13.0``);
 without it (or with ``--no-torch``) only jaxue is timed and the PyTorch
-fields are null. Writes ``OUT/results.json``::
+fields are null. Writes ``OUT/results.json`` (default OUT:
+``benchmarks/results/benchmark-PRESET``, PRESET one of full, quick)::
 
     {"workloads": {NAME: {"jaxue_s": f, "torch_s": f | null,
                           "ratio": f | null, "gflops": f, ...}, ...},
@@ -96,14 +97,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
-from experiments.certify_speed import xla_flops
 from jaxue import certify
 from jaxue import checkpoint
 from jaxue import models
 from jaxue import noise as noise_lib
 from jaxue import pue as pue_lib
 from jaxue import train as train_lib
+
+# Siblings: the script runs by path, with this folder first on sys.path.
+import _common as common  # pylint: disable=g-bad-import-order
+from certify_speed import xla_flops  # pylint: disable=g-bad-import-order
 
 WORKLOADS = ("sgd_step", "pgd_step", "em_iteration", "pue_surrogate_step",
              "certify")
@@ -173,10 +176,11 @@ def _chunks_arg(text: str) -> tuple[str, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog="python -m experiments.benchmark", description=__doc__,
+      prog="python benchmarks/benchmark.py", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", type=pathlib.Path, required=True,
-                 help="writes OUT/results.json")
+  p.add_argument("--out", type=pathlib.Path, default=None,
+                 help="writes OUT/results.json (default "
+                 "benchmarks/results/benchmark-PRESET)")
   p.add_argument("--quick", action="store_true",
                  help="smaller sizes and fewer repeats (< 5 min on 2 cores)")
   p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
@@ -217,6 +221,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"--em-images ({sizes.em_images}) must be >= the batch size "
         f"({sizes.batch_size})")
   args.preset = preset
+  if args.out is None:
+    args.out = common.RESULTS / f"benchmark-{preset}"
   args.sizes = sizes
   return args
 
@@ -295,17 +301,19 @@ def import_torch():
 
 
 def torch_small_cnn(widths: Sequence[int], *, in_channels: int = 1,
-                    num_classes: int = NUM_CLASSES):
+                    num_classes: int = NUM_CLASSES, bias: bool = True):
   """The small CNN in PyTorch (NCHW), as the reference code builds it.
 
-  conv3x3 (no bias) - BatchNorm2d (momentum 0.1, eps 1e-5) - ReLU -
-  MaxPool2d(2) per width, AdaptiveAvgPool2d(1), Linear: the same function
-  as ``jaxue.models.make_model("small_cnn", widths=widths)``.
+  conv3x3 (with a bias, PyTorch's default, unless ``bias=False``) -
+  BatchNorm2d (momentum 0.1, eps 1e-5) - ReLU - MaxPool2d(2) per width,
+  AdaptiveAvgPool2d(1), Linear: the same function as
+  ``jaxue.models.make_model("small_cnn", widths=widths)`` (with
+  ``bias=False``, as ``"small_cnn_nobias"``).
   """
   from torch import nn  # pylint: disable=g-import-not-at-top
   layers, channels = [], in_channels
   for width in widths:
-    layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+    layers += [nn.Conv2d(channels, width, 3, padding=1, bias=bias),
                nn.BatchNorm2d(width, eps=1e-5, momentum=0.1),
                nn.ReLU(inplace=True), nn.MaxPool2d(2)]
     channels = width
@@ -314,11 +322,18 @@ def torch_small_cnn(widths: Sequence[int], *, in_channels: int = 1,
   return nn.Sequential(*layers)
 
 
+def has_conv_bias(variables: models.Variables) -> bool:
+  """Whether small-CNN variables hold convolution biases ("small_cnn")
+  or not ("small_cnn_nobias")."""
+  return "bias" in variables["params"]["Conv_0"]
+
+
 def load_jax_weights(module, variables: models.Variables) -> None:
   """Copies jaxue small-CNN variables into `torch_small_cnn` in place.
 
-  Layouts: conv kernels HWIO -> OIHW, dense kernel (in, out) -> (out, in);
-  batch-norm scale/bias/mean/var -> weight/bias/running_mean/running_var.
+  Layouts: conv kernels HWIO -> OIHW, conv biases as they are, dense
+  kernel (in, out) -> (out, in); batch-norm scale/bias/mean/var ->
+  weight/bias/running_mean/running_var.
   """
   import torch  # pylint: disable=g-import-not-at-top
   params, stats = variables["params"], variables["batch_stats"]
@@ -330,9 +345,15 @@ def load_jax_weights(module, variables: models.Variables) -> None:
   convs = [m for m in module if isinstance(m, torch.nn.Conv2d)]
   norms = [m for m in module if isinstance(m, torch.nn.BatchNorm2d)]
   (dense,) = [m for m in module if isinstance(m, torch.nn.Linear)]
+  if (convs[0].bias is not None) != has_conv_bias(variables):
+    raise ValueError(
+        "variables and torch module disagree on convolution biases; build "
+        "the module with torch_small_cnn(..., bias=has_conv_bias(variables))")
   with torch.no_grad():
     for i, (conv, norm) in enumerate(zip(convs, norms)):
       conv.weight.copy_(tensor(params[f"Conv_{i}"]["kernel"], 3, 2, 0, 1))
+      if conv.bias is not None:
+        conv.bias.copy_(tensor(params[f"Conv_{i}"]["bias"]))
       norm.weight.copy_(tensor(params[f"BatchNorm_{i}"]["scale"]))
       norm.bias.copy_(tensor(params[f"BatchNorm_{i}"]["bias"]))
       norm.running_mean.copy_(tensor(stats[f"BatchNorm_{i}"]["mean"]))
@@ -363,7 +384,7 @@ class TorchReference:
     self.torch = torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    self.model = torch_small_cnn(widths)
+    self.model = torch_small_cnn(widths, bias=has_conv_bias(variables))
     load_jax_weights(self.model, variables)
     self.optimizer = self.sgd()
     self.criterion = torch.nn.CrossEntropyLoss()
@@ -716,7 +737,7 @@ def bench_certify(ctx: dict[str, Any], batch: int) -> dict[str, Any]:
   """Certification draws over the test set (seconds per draw), both sides
   in test batches of ``batch``.
 
-  jaxue runs as `experiments.certify` does by default: draws sharded over
+  jaxue runs as its certification does by default: draws sharded over
   every device (on a CPU host, one device per core: ``--cpu-devices``).
   With more than one device, one device's time is recorded too
   (``single_device_s``).
@@ -960,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "flops_counted_by": "XLA cost analysis (conv impl 'lax', CPU backend)",
       "seconds_total": time.perf_counter() - start,
       "load_average": {"before": load_before, "after": _load_average()},
-      **common.metadata(args),
+      **common.metadata(args, __file__, argv),
   }
   out["config"].pop("sizes", None)
   out["device"] = out["device"] + _cpu_model()
