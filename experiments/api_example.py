@@ -10,7 +10,7 @@ certifies the crafting surrogate's (q, eta)-learnability (Wang et al., NDSS
 
 
 def main():
-  import jax, numpy as np
+  import jax
   from jaxue import certify, data, models, noise, train
 
   x, y = data.load("fashion_mnist", "train")                 # uint8 NHWC, int32

@@ -20,14 +20,26 @@ the weight-recovery attack, as pure jit-compiled functions. Modules:
 * `jaxue.baselines`: the model-free baselines: One-Pixel Shortcut (OPS),
   autoregressive (AR) and linearly separable patch (LSP) perturbations.
 * `jaxue.defences`: training-time defences (cutout, mixup, cutmix,
-  grayscale, JPEG re-encoding).
+  grayscale, JPEG re-encoding, UEraser, orthogonal projection).
+* `jaxue.ueraser`: UEraser's augmentation policy and schedules (Qin et
+  al., 2023); `jaxue.projection`: orthogonal projection (Sandoval-Segura
+  et al., NeurIPS 2023).
+* `jaxue.salm`: sparse error-minimizing noise on each image's top-k pixels
+  (SALM, Sun et al., 2024; reconstructed); `jaxue.bayes_error`: noise that
+  raises a kernel estimate of the Bayes error (Zhang et al., 2025).
+* `jaxue.uge`: ungeneralizable examples, a generator whose noise an
+  authorised network still learns from (Ye & Wang, 2024; reconstructed);
+  `jaxue.unlearnable_distance`: per-layer sharpness-aware learnability and
+  the Unlearnable Distance (Ye, Su & Qian, 2025).
 * `jaxue.certify`: Monte-Carlo accuracies and the (q, eta) bound.
 * `jaxue.recover`: the weight-recovery attack.
 * `jaxue.diagnostics`: what a release's noise is made of (a shortcut, or
   the classes' features).
 * `jaxue.parallel`: data-parallel training and crafting over a device
   mesh (``with jax.set_mesh(jaxue.parallel.data_mesh()): ...``).
-* `jaxue.checkpoint`: orbax checkpoints and atomic file writes.
+* `jaxue.runs`: run directories: config fingerprints, kill-safe
+  checkpoints, atomic files, integrity hashes.
+* `jaxue.pipelines`: the long jobs behind the ``jaxue`` command.
 
 Conventions. Every crafting method returns a `CraftResult` ``(noise,
 surrogate, history, converged, info)`` (``surrogate`` None for model-free
@@ -44,7 +56,6 @@ or a flax linen or NNX module.
 
 from jaxue import baselines
 from jaxue import certify
-from jaxue import checkpoint
 from jaxue import data
 from jaxue import defences
 from jaxue import diagnostics
@@ -87,6 +98,22 @@ from jaxue.train import evaluate
 from jaxue.train import fit
 from jaxue.train import train_step
 from jaxue.train import train_victim
+from jaxue import projection
+from jaxue import ueraser
+from jaxue.projection import orthogonal_projection
+from jaxue import salm
+from jaxue.salm import salm_noise
+from jaxue.salm import SALMConfig
+from jaxue import bayes_error
+from jaxue.bayes_error import bayes_error_noise
+from jaxue.bayes_error import BayesConfig
+from jaxue.bayes_error import class_centroid_noise
+from jaxue.bayes_error import kernel_bayes_error
+from jaxue import uge
+from jaxue.uge import ungeneralizable_examples
+from jaxue.uge import UGEConfig
+from jaxue import unlearnable_distance
+from jaxue.unlearnable_distance import sharpness_aware_learnability
 
 __version__ = "0.1.0"
 
@@ -100,4 +127,10 @@ __all__ = [
     "random_noise", "recover_weights", "recovery_curve", "release",
     "robust_error_minimizing_noise", "sample_accuracies", "train_step",
     "train_victim", "uniform_noise",
+    "orthogonal_projection",
+    "salm_noise", "SALMConfig",
+    "bayes_error_noise", "BayesConfig", "class_centroid_noise",
+    "kernel_bayes_error",
+    "ungeneralizable_examples", "UGEConfig",
+    "sharpness_aware_learnability",
 ]

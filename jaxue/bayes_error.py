@@ -49,7 +49,6 @@ from jaxue import noise as noise_lib
 from jaxue import pgd as pgd_lib
 from jaxue import train as train_lib
 from jaxue.models import Model
-from jaxue.train import TrainState
 
 FEATURES = ("retrain", "frozen", "pca")
 INITS = ("zero", "centroid")
@@ -267,9 +266,6 @@ class BayesConfig(NamedTuple):
     return cfg
 
 
-FeatureMap = Callable[[jax.Array], jax.Array]
-
-
 @functools.partial(jax.jit, static_argnames=("phi", "num_classes", "sigma",
                                              "chunk", "batch_size"))
 def _ascent_grad(phi_args, x, delta, y, *, phi, num_classes, sigma, chunk,
@@ -298,7 +294,10 @@ def _ascent_grad(phi_args, x, delta, y, *, phi, num_classes, sigma, chunk,
   return estimate, grad
 
 
+@functools.lru_cache(maxsize=16)
 def _network_phi(apply_fn):
+  # One object per architecture: the jitted ascent step reuses its
+  # compilation across calls.
   return functools.partial(_network_features, apply_fn)
 
 

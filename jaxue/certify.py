@@ -978,7 +978,8 @@ def _betting_upper(x: np.ndarray, alpha: float, anytime: bool) -> np.ndarray:
   for _ in range(_BISECTIONS):
     mid = 0.5 * (lo + hi)
     m = mid[..., None]
-    lam = np.minimum(bets, _BET_TRUNCATION / (1.0 - m))
+    with np.errstate(divide="ignore"):  # m = 1: no cap (c / 0 = inf).
+      lam = np.minimum(bets, _BET_TRUNCATION / (1.0 - m))
     log_wealth = np.sum(np.log1p(-lam * (x - m)), axis=-1)
     rejected = log_wealth >= log_inv_alpha
     hi = np.where(rejected, mid, hi)

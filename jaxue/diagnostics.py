@@ -20,7 +20,10 @@ data. These measurements tell the two apart on a released dataset:
   leaves them unchanged, error-maximizing noise raises the loss (it is
   adversarial), and feature-like noise lowers it.
 
-All functions take the uint8 images as released and the clean originals.
+`describe_release` gathers all of them for one release, and
+`train_reference` trains the reference model of `transfer` on the clean
+training images that lie in none of the releases. All functions take the
+uint8 images as released and the clean originals.
 """
 
 from __future__ import annotations

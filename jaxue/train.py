@@ -326,6 +326,7 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
         test: tuple[np.ndarray, np.ndarray] | None = None,
         adversarial: AdversarialConfig | None = None,
         repeats: int | Callable[[int, int], int] = 1,
+        allow_float: bool = False,
         progress: bool | str = True) -> tuple[TrainState, dict[str, Any]]:
   """Trains for ``epochs`` epochs and records the per-epoch test accuracy.
 
@@ -335,8 +336,8 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
   Args:
     key: randomness for shuffling and augmentation.
     state: initial state (its optimizer fixes the learning-rate schedule).
-    train_images: uint8 NHWC training images, or float ones used as they
-      are (any range: e.g. `jaxue.projection`'s projected images).
+    train_images: uint8 NHWC training images (float ones with
+      ``allow_float``).
     train_labels: int labels.
     epochs: number of epochs (>= 1).
     batch_size: SGD batch size.
@@ -349,6 +350,9 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     repeats: `train_step`'s K (max loss over K augmented copies): an int,
       or ``repeats(epoch, epochs) -> K`` per epoch (a `jaxue.ueraser`
       schedule).
+    allow_float: accept float training images and use them as they are, in
+      any range (`jaxue.projection`'s projected images). Off by default:
+      float images in [0, 255] are a common slip that would train silently.
     progress: show a tqdm bar; a string is used as its description.
 
   Returns:
@@ -364,7 +368,7 @@ def fit(key: jax.Array, state: TrainState, train_images: np.ndarray,
     adversarial = adversarial.resolved()
     if mix is not None:
       raise ValueError("adversarial training does not combine with mix")
-  _check_training_set(train_images, train_labels)
+  _check_training_set(train_images, train_labels, allow_float)
   if test is not None:
     data_lib.check_dataset(np.asarray(test[0]), np.asarray(test[1]))
   images = jnp.asarray(train_images)
@@ -408,11 +412,11 @@ def peak_accuracy(curve: list[float]) -> tuple[float, int]:
   return float(curve[best]), best + 1
 
 
-def _check_training_set(images: Any, labels: Any) -> None:
-  """uint8 images as `jaxue.data.check_dataset` wants them, or finite
-  float NHWC images (used as they are, in any range)."""
+def _check_training_set(images: Any, labels: Any, allow_float: bool) -> None:
+  """uint8 images as `jaxue.data.check_dataset` wants them, or (with
+  ``allow_float``) finite float NHWC images, used as they are."""
   images = np.asarray(images)
-  if not np.issubdtype(images.dtype, np.floating):
+  if not (allow_float and np.issubdtype(images.dtype, np.floating)):
     data_lib.check_dataset(images, np.asarray(labels))
     return
   if images.ndim != 4:
@@ -432,6 +436,7 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                  mix: Mix | None = None,
                  adversarial: AdversarialConfig | None = None,
                  repeats: int | Callable[[int, int], int] = 1,
+                 allow_float: bool = False,
                  progress: bool | str = True
                  ) -> tuple[TrainState, dict[str, Any]]:
   """Trains a fresh victim as the adversary would (docs/design.md,
@@ -441,8 +446,8 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
   With ``adversarial``, the victim is trained adversarially (Madry et al.
   2018; the defence REM is built to survive, Fu et al. 2022, Sec. 5);
   ``augment``, ``mix`` and ``repeats`` apply the other training-time
-  defences (`jaxue.defences`); float ``images`` (a projected release,
-  `jaxue.projection`) are used as they are.
+  defences (`jaxue.defences`); with ``allow_float``, float ``images`` (a
+  projected release, `jaxue.projection`) are used as they are.
 
   The victim's result is ``history["test_accuracy"][-1]``, with the peak
   over epochs in ``history["peak_test_accuracy"]`` (epoch
@@ -454,7 +459,8 @@ def train_victim(key: jax.Array, model: Model, images: np.ndarray,
                              cosine_optimizer(steps, learning_rate))
   return fit(fit_key, state, images, labels, epochs=epochs,
              batch_size=batch_size, augment=augment, mix=mix, test=test,
-             adversarial=adversarial, repeats=repeats, progress=progress)
+             adversarial=adversarial, repeats=repeats,
+             allow_float=allow_float, progress=progress)
 
 
 def train_victims(key: jax.Array, model: Model, images: np.ndarray,

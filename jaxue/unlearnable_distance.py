@@ -141,10 +141,10 @@ def loss_and_accuracy(apply_fn: Callable[..., Any], variables: Variables,
 
 
 @functools.partial(
-    jax.jit, static_argnames=("apply_fn", "path", "steps", "batch_size",
+    jax.jit, static_argnames=("apply_fn", "path", "batch_size",
                               "eval_batch_size", "augment", "shuffle"))
 def _unit_sal(variables, mask, images, labels, key, l0, acc0, rho,
-              learning_rate, *, apply_fn, path, steps, batch_size,
+              learning_rate, steps, *, apply_fn, path, batch_size,
               eval_batch_size, augment, shuffle):
   """The min/max probes of one unit: ``(s_loss, s_acc)``."""
   params, stats = variables["params"], variables["batch_stats"]
@@ -187,7 +187,7 @@ def _unit_sal(variables, mask, images, labels, key, l0, acc0, rho,
     return loss_and_accuracy(apply_fn, with_leaf(w), images, labels,
                              batch_size=eval_batch_size)
 
-  def iteration(carry, i):
+  def iteration(i, carry):
     w_min, w_max, lo, acc_lo, hi, acc_hi = carry
     pass_key = jax.random.fold_in(key, i)
     w_min = one_pass(w_min, 1.0, pass_key)
@@ -199,11 +199,12 @@ def _unit_sal(variables, mask, images, labels, key, l0, acc0, rho,
     lo = jnp.minimum(lo, loss_min)
     acc_hi = jnp.where(loss_max > hi, a_max, acc_hi)
     hi = jnp.maximum(hi, loss_max)
-    return (w_min, w_max, lo, acc_lo, hi, acc_hi), None
+    return w_min, w_max, lo, acc_lo, hi, acc_hi
 
+  # A traced trip count: one compilation serves every ``steps``.
   carry = (w0, w0, l0, acc0, l0, acc0)
-  (_, _, lo, acc_lo, hi, acc_hi), _ = jax.lax.scan(iteration, carry,
-                                                   jnp.arange(steps))
+  _, _, lo, acc_lo, hi, acc_hi = jax.lax.fori_loop(0, steps, iteration,
+                                                   carry)
   s_max, s_min = hi - l0, l0 - lo
   s_loss = jnp.where(jnp.abs(s_max) > jnp.abs(s_min), s_max, s_min)
   a_max, a_min = acc0 - acc_hi, acc_lo - acc0
@@ -249,6 +250,8 @@ def sharpness_aware_learnability(
   Returns:
     A `SAL` with one entry per unit.
   """
+  if units not in UNITS:
+    raise ValueError(f"units must be one of {UNITS}, got {units!r}")
   images = np.asarray(images)
   labels = np.asarray(labels)
   data_lib.check_dataset(images, labels)
@@ -281,8 +284,8 @@ def sharpness_aware_learnability(
     mask = (jnp.ones_like(w0) if channel is None else
             jnp.zeros_like(w0).at[..., channel].set(1.0))
     a, b = _unit_sal(variables, mask, x, y, key, l0, acc0, jnp.float32(rho),
-                     jnp.float32(learning_rate), apply_fn=apply_fn,
-                     path=path, steps=int(steps), batch_size=int(batch_size),
+                     jnp.float32(learning_rate), jnp.int32(steps),
+                     apply_fn=apply_fn, path=path, batch_size=int(batch_size),
                      eval_batch_size=int(eval_batch_size), augment=augment,
                      shuffle=bool(shuffle))
     s_loss.append(a)

@@ -1,4 +1,4 @@
-"""Tests for jaxue.diagnostics and experiments.noise_features."""
+"""Tests for jaxue.diagnostics."""
 
 import jax
 import numpy as np
@@ -8,7 +8,6 @@ from jaxue import diagnostics
 from jaxue import models
 from jaxue import train
 
-from tests.test_experiments import _fake_idx_dir
 
 
 def _images(rng, n, shape=(8, 8, 1)):
@@ -109,59 +108,6 @@ def test_transfer_compares_clean_and_released():
   with pytest.raises(ValueError, match="differ in shape"):
     diagnostics.transfer(model.apply, variables, clean, released[:, :27],
                          labels)
-
-
-@pytest.mark.slow
-def test_noise_features_smoke_resume_and_errors(tmp_path, monkeypatch,
-                                                capsys):
-  from experiments import craft
-  from experiments import noise_features
-  data_dir = _fake_idx_dir(tmp_path / "data", n_train=1300)
-  for method, budget in (("random", ["--epsilon", "16/255"]), ("ops", [])):
-    craft.main(["--out", str(tmp_path / method), "--method", method,
-                "--data-dir", str(data_dir), "--train-size", "200"] + budget)
-  argv = ["--out", str(tmp_path / "nf"), "--data-dir", str(data_dir),
-          "--released", f"random={tmp_path / 'random'}",
-          "--released", f"ops={tmp_path / 'ops'}",
-          "--widths", "4,4,4", "--epochs", "1"]
-  results = noise_features.main(argv)
-  assert set(results["releases"]) == {"random", "ops"}
-  # Both releases use the same 200 images; the other 1,100 train the
-  # reference model.
-  assert results["reference_model"]["train_images"] == 1100
-  assert results["reference_model"]["reused"] is False
-  ops = results["releases"]["ops"]
-  assert ops["method"] == "ops" and ops["images"] == 200
-  assert ops["noise_nearest_class_mean_accuracy"] == 1.0  # One pixel per class.
-  random = results["releases"]["random"]
-  assert random["noise_linf_max"] <= 16 / 255 + 1e-6
-  assert -1 <= random["class_direction_cosine"] <= 1
-
-  def must_not_train(*args, **kwargs):
-    raise AssertionError("reference model retrained")
-
-  monkeypatch.setattr(noise_features.train, "train_victim", must_not_train)
-  again = noise_features.main(argv)
-  assert again["releases"] == results["releases"]
-  assert again["reference_model"]["reused"] is True
-
-  with np.load(tmp_path / "ops" / "released.npz") as f:
-    np.savez(tmp_path / "bare.npz", images=f["images"], labels=f["labels"])
-  capsys.readouterr()
-  for bad, message in [
-      (["--out", str(tmp_path / "nf4"), "--data-dir", str(data_dir),
-        "--released", f"bare={tmp_path / 'bare.npz'}"],
-       "has no 'train_indices'"),
-      (argv[:-1] + ["2"], "trained with other settings"),
-      (argv + ["--released", f"ops={tmp_path / 'ops'}"], "must be unique"),
-      (["--out", str(tmp_path / "nf2"), "--data-dir", str(data_dir),
-        "--released", f"x={tmp_path / 'missing'}"], "no released dataset"),
-      (["--out", str(tmp_path / "nf3"), "--released", "noname"],
-       "expected NAME=DIR")]:
-    with pytest.raises(SystemExit):
-      noise_features.main(bad)
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
 
 
 def test_describe_release_gathers_every_measurement():

@@ -1,5 +1,9 @@
 """Tests of jaxue.pgd: constraints hold, descent lowers, ascent raises."""
 
+import functools
+
+from absl.testing import parameterized
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,3 +68,25 @@ def test_bad_norm():
   with pytest.raises(ValueError, match="norm"):
     pgd.pgd(loss, x, epsilon=0.1, step_size=0.01, steps=1, descent=True,
             norm="l1")
+
+
+class ProjectTest(chex.TestCase):
+  """`pgd.project` keeps both constraints, jitted or not."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters("linf", "l2")
+  def test_projection_lands_in_the_ball_and_the_box(self, norm):
+    x, _ = _problem()
+    delta = 3.0 * jax.random.normal(jax.random.key(1), x.shape)
+    project = self.variant(functools.partial(pgd.project, epsilon=0.1,
+                                             norm=norm))
+    projected = project(delta, x)
+    chex.assert_equal_shape([projected, x])
+    chex.assert_tree_all_finite(projected)
+    if norm == "linf":
+      self.assertLessEqual(float(jnp.abs(projected).max()), 0.1 + 1e-6)
+    else:
+      norms = jnp.sqrt(jnp.sum(projected ** 2, axis=(1, 2, 3)))
+      self.assertLessEqual(float(norms.max()), 0.1 + 1e-5)
+    self.assertGreaterEqual(float((x + projected).min()), 0.0)
+    self.assertLessEqual(float((x + projected).max()), 1.0 + 1e-6)

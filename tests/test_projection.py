@@ -79,7 +79,11 @@ def test_victims_train_on_float_images_as_they_are():
   np.testing.assert_array_equal(train.as_float(projected), projected)
   _, history = train.train_victim(
       jax.random.key(1), model, projected, y, test=(x, y), epochs=1,
-      batch_size=8, progress=False)
+      batch_size=8, allow_float=True, progress=False)
   assert len(history["test_accuracy"]) == 1
   with pytest.raises(ValueError, match="NaN"):
-    train.fit(jax.random.key(1), None, projected * np.nan, y, epochs=1)
+    train.fit(jax.random.key(1), None, projected * np.nan, y, epochs=1,
+              allow_float=True)
+  # Without allow_float, float images are refused (a [0, 255] slip).
+  with pytest.raises(ValueError, match="uint8"):
+    train.fit(jax.random.key(1), None, projected, y, epochs=1)

@@ -185,10 +185,16 @@ def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
   """`jaxue.pue.robust_noise_step` as Python loops: every level, level 0 too,
   sums the input gradients of ``noise_draws`` weight draws."""
 
+  # The draws are made apart from the gradient, as jaxue makes them. Drawn
+  # inside the differentiated function, XLA:CPU recomputes the sampler in
+  # the forward and backward fusions with different rounding, and the
+  # reshape-max pool's gradient, routed through x == max(x), drops the
+  # windows whose two copies of x differ (seen with convolution biases).
+  perturb = jax.jit(certify.perturb_params)
+
   @jax.jit
-  def input_grad(inputs, draw_key, sigma):
+  def input_grad(inputs, params):
     def loss(inputs):
-      params = certify.perturb_params(draw_key, state.params, sigma)
       logits, _ = state.apply_fn(
           {"params": params, "batch_stats": state.batch_stats}, inputs,
           False)
@@ -200,7 +206,8 @@ def _plain_robust_noise_step(state, x, y, delta, key, cfg, pue):
   for i in range(cfg.pgd_steps * len(levels)):
     sigma = jnp.float32(levels[i % len(levels)])  # Traced: 0 is allowed.
     keys = jax.random.split(jax.random.fold_in(key, i), pue.noise_draws)
-    grad = sum(input_grad(x + delta, k, sigma) for k in keys)
+    grad = sum(input_grad(x + delta, perturb(k, state.params, sigma))
+               for k in keys)
     delta = delta - cfg.step_size * jnp.sign(grad)
     delta = pgd.project(delta, x, epsilon=cfg.epsilon)
   return delta

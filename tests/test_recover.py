@@ -1,6 +1,5 @@
-"""Tests of the weight-recovery attack (jaxue.recover, experiments.recover)."""
+"""Tests of the weight-recovery attack (jaxue.recover)."""
 
-import json
 import math
 
 import jax
@@ -9,12 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import recover as recover_exp
-from jaxue import checkpoint
 from jaxue import models
 from jaxue import recover
 from jaxue import train
-from test_experiments import _fake_idx_dir  # pylint: disable=g-bad-import-order
 
 NUM_CLASSES = 4
 EPOCHS = 3
@@ -196,54 +192,3 @@ def test_recover_bad_data(tiny, key):
   with pytest.raises(ValueError, match="num_directions must be"):
     recover.random_direction_recovery(key, model, variables0, (x, y), (x, y),
                                       eta=1.0, num_directions=0)
-
-
-# ------------------------------------------------------------ experiment
-
-
-@pytest.mark.slow
-def test_experiment_smoke(tmp_path):
-  data_dir = _fake_idx_dir(tmp_path / "data", n_train=120, n_test=40)
-  model_spec = {"name": "small_cnn", "num_classes": 10, "widths": [4, 4, 4],
-                "conv_impl": "lax"}
-  model = models.make_model(**model_spec)
-  state = train.create_train_state(jax.random.key(0, impl="rbg"), model,
-                                   (28, 28, 1), train.make_optimizer())
-  checkpoint.save_model(tmp_path / "theta0", state, model=model_spec,
-                        input_shape=(28, 28, 1))
-  out = tmp_path / "recover"
-  results = recover_exp.main([
-      "--checkpoint", str(tmp_path / "theta0"), "--out", str(out),
-      "--data-dir", str(data_dir), "--etas", "0.5,2", "--fraction", "0.5",
-      "--epochs", "1", "--batch-size", "20", "--random-directions", "2"])
-  saved = json.loads((out / "results.json").read_text())
-  assert [e for e, _ in saved["recovery"]] == [0.5, 2.0]
-  assert [e for e, _ in saved["random_directions"]] == [0.5, 2.0]
-  assert saved["theta0_accuracy"] == pytest.approx(results["theta0_accuracy"])
-  assert saved["recovery_size"] == 60
-  for name in ("theta0_norm", "wall_seconds", "command", "commit", "config"):
-    assert name in saved
-  assert (out / "recovery_curve.png").exists()
-
-
-@pytest.mark.parametrize("argv,message", [
-    (["--etas", "1,-2"], "etas must be finite numbers >= 0"),
-    (["--fraction", "1.5"], "fraction must be in (0, 1]"),
-    (["--project", "cube"], "invalid choice"),
-])
-def test_experiment_bad_flags(tmp_path, capsys, argv, message):
-  with pytest.raises(SystemExit) as exit_info:
-    recover_exp.main(["--checkpoint", str(tmp_path), "--out",
-                      str(tmp_path / "out")] + argv)
-  assert exit_info.value.code == 2
-  assert message in capsys.readouterr().err
-
-
-def test_experiment_missing_checkpoint(tmp_path, capsys):
-  with pytest.raises(SystemExit) as exit_info:
-    recover_exp.main(["--checkpoint", str(tmp_path / "nope"), "--out",
-                      str(tmp_path / "out")])
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  assert "not a jaxue model checkpoint" in err
-  assert len(err.strip().splitlines()) == 1

@@ -2,11 +2,11 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -74,8 +74,7 @@ def test_checkpoints_roundtrip_and_keep_last(tmp_path):
   assert ckpt.steps() == [2]
   step, tree, meta = ckpt.restore(_tree(0.0))
   assert step == 2 and meta == {"history": [2]}
-  np.testing.assert_array_equal(tree["noise"], _tree(2.0)["noise"])
-  assert tree["state"]["step"].dtype == np.int32
+  chex.assert_trees_all_equal(tree, _tree(2.0), strict=True)
 
 
 def test_flipped_byte_is_detected(tmp_path):
@@ -187,8 +186,7 @@ def test_model_roundtrip_and_integrity(tmp_path):
                   input_shape=(8, 8, 1), dataset=data, extra={"method": "em"})
   _, restored, description = runs.load_model(tmp_path / "m", dataset=data)
   assert description["extra"] == {"method": "em"}
-  for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(restored)):
-    np.testing.assert_array_equal(np.asarray(a), b)
+  chex.assert_trees_all_equal(restored, jax.device_get(variables))
   other = runs.dataset_fingerprint("mnist", "train", images + 1)
   with pytest.raises(runs.RunError, match="made from mnist/train"):
     runs.load_model(tmp_path / "m", dataset=other)

@@ -11,7 +11,6 @@ certificates.png.
 """
 
 import argparse
-import json
 import pathlib
 
 from jaxue import parallel
@@ -81,24 +80,26 @@ def main():
     for name, m in entry["models"].items():
       print(f"  {name}: mean {m['accuracy_summary']['mean']:.4f}, U "
             f"{m['upper_mean']:.4f}, largest eta {m['largest_eta']}")
-  results_dir = pathlib.Path(args.results)
+    write(study, pathlib.Path(args.results), args.test_size)
+
+
+def write(study, results_dir, test_size):
+  """results.json and certificates.png for the runs done so far."""
   runs.write_json(results_dir / "results.json", study)
-  figure_curves = {}
-  figure_expected = {}
+  curves, expected = {}, {}
   for n, entry in study["runs"].items():
     for name, m in entry["models"].items():
       label = f"{name} N={int(n):,}"
-      figure_curves[label] = [[e, q] for e, q, _ in m["curve"]]
-      figure_expected[label] = [[e, x] for e, _, x in m["curve"]]
+      # Past eta = 0.5 every bound is 1 or abstains at sigma 0.05.
+      curves[label] = [[e, q] for e, q, _ in m["curve"] if e <= 0.5]
+      expected[label] = [[e, x] for e, _, x in m["curve"] if e <= 0.5]
   first = next(iter(study["runs"].values()))
   _figures.certified_curves(
-      results_dir / "certificates.png", figure_curves,
+      results_dir / "certificates.png", curves,
       ylabel="certified learnability",
       title=f"sigma {first['sigma']:g}, q {first['q']:g}, c "
-      f"{first['confidence']:g}, {args.test_size} test images; solid: "
-      "quantile, dashed: expected", expected=figure_expected)
-  print(json.dumps({n: {k: v["largest_eta"] for k, v in e["models"].items()}
-                    for n, e in study["runs"].items()}, indent=1))
+      f"{first['confidence']:g}, {test_size} test images; solid: "
+      "quantile, dashed: expected", expected=expected)
 
 
 if __name__ == "__main__":

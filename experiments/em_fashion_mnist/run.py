@@ -30,9 +30,9 @@ CONFIG = {
              "max_rounds": 60, "threshold": 0.30, "test_size": None,
              "seed": 0},
     # --smoke: tiny sizes, to check that the script runs.
-    "smoke": {"train_size": 200, "sweep_size": 200,
-              "epsilons": [8 / 255, 16 / 255], "widths": [4, 8, 8],
-              "epochs": 1, "seeds": 1, "max_rounds": 2, "test_size": 200},
+    "smoke": {"train_size": 200, "sweep_size": 200, "epsilons": [8 / 255],
+              "widths": [4, 8, 8], "epochs": 1, "seeds": 1, "max_rounds": 1,
+              "test_size": 200},
 }
 EM = ("em-classwise", "em-samplewise")
 

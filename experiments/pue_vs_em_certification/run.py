@@ -1,18 +1,14 @@
 """EM against PUE: victims, certified (q, eta)-learnability and recovery.
 
     python experiments/pue_vs_em_certification/run.py \\
-        --out runs/pue_vs_em_certification
+        --out runs/pue_vs_em_certification [--only certify|certify-cpu]
 
-certify.json (Wang et al., NDSS 2025, "Certified (q, eta)-Learnability"
-and the recovery attack), composed of pipeline runs under ``--out``: clean
-victims (`jaxue evaluate --clean`); a sigma sweep on the first of them
-(`jaxue certify`), choosing the largest sigma whose q-quantile stays at or
-above ``min_quantile`` (unless ``sigma`` is set); class-wise EM and PUE
-(robust to that sigma) from the same initial surrogate (`jaxue craft`,
-same seed); victims on each release; both crafting surrogates certified
-with N draws; the recovery attack from each method's first victim
-(`jaxue recover`). certify-cpu.json: the quickstart's EM surrogate (32/255)
-certified with N = 1000 over the whole test set. Each run resumes.
+certify.json (Wang et al., NDSS 2025: certification and recovery) from
+pipeline runs under ``--out``, each resumable: clean victims; a sigma sweep
+on the first (the largest sigma whose q-quantile stays >= min_quantile,
+unless ``sigma`` is set); class-wise EM and PUE from the same seed; their
+victims; both surrogates certified; recovery from each first victim.
+certify-cpu.json: the quickstart's EM surrogate (32/255) certified.
 """
 
 import argparse
@@ -21,10 +17,7 @@ import sys
 
 import jaxue
 from jaxue import runs
-from jaxue.pipelines import certify
-from jaxue.pipelines import craft
-from jaxue.pipelines import evaluate
-from jaxue.pipelines import recover
+from jaxue.pipelines import certify, craft, evaluate, recover
 
 CONFIG = {
     # The settings of the committed certify.json (one H100).
@@ -41,7 +34,7 @@ CONFIG = {
     # --smoke: tiny sizes, to check that the script runs.
     "smoke": {"train_size": 200, "test_size": 200, "widths": [4, 8, 8],
               "max_rounds": 1, "epochs": 1, "seeds": 1, "min_quantile": 0.0,
-              "sweep_draws": 2, "sigma_sweep": [0.05, 0.1], "draws": 10,
+              "sweep_draws": 10, "sigma_sweep": [0.05, 0.1], "draws": 10,
               "surrogate_draws": 1, "noise_draws": 1, "recovery_etas": [1.0],
               "recovery_fraction": 0.01, "recovery_epochs": 1,
               "cpu": {"epsilon": 32 / 255, "sigma": 0.05, "draws": 10}},
@@ -61,24 +54,29 @@ def surrogate(cfg, out, method, epsilon, sigma=None, quiet=False):
   return folder
 
 
+def pick(results, key):
+  """``key`` of each run's results."""
+  return {name: r[key] for name, r in results.items()}
+
+
 def certify_json(cfg, out, quiet=False):
   """certify.json: sweep, EM and PUE, victims, certificates, recovery."""
   shared = dict(test_size=cfg["test_size"], widths=tuple(cfg["widths"]),
                 epochs=cfg["epochs"], seeds=cfg["seeds"], quiet=quiet)
   victims = {"clean": evaluate.run(evaluate.Config(
       clean=True, train_size=cfg["train_size"], **shared),
-                                   out / "victims" / "clean")}
+      out / "victims" / "clean")}
   sweep = certify.run(certify.Config(
       models=(str(out / "victims" / "clean" / "models" / "victim-seed0"),),
       names=("clean",), test_size=cfg["test_size"],
       sigma_sweep=tuple(cfg["sigma_sweep"]), sweep_draws=cfg["sweep_draws"],
       sigma=cfg["sigma_sweep"][0], draws=cfg["sweep_draws"], q=cfg["q"],
       quiet=quiet), out / "sigma_sweep")["models"]["clean"]["sigma_sweep"]
-  sigma = cfg["sigma"] or max(
-      [float(s) for s, v in sweep.items()
-       if v["q_quantile"] >= cfg["min_quantile"]], default=None)
+  sigma = cfg["sigma"] or max([float(s) for s, v in sweep.items()
+                               if v["q_quantile"] >= cfg["min_quantile"]],
+                              default=None)
   if sigma is None:
-    raise ValueError(f"no sigma of the sweep keeps the clean model's "
+    raise ValueError(f"no sigma of the sweep keeps the clean victim's "
                      f"{cfg['q']}-quantile >= {cfg['min_quantile']}")
   folders = {m: surrogate(cfg, out, m, cfg["epsilon"], sigma, quiet)
              for m in METHODS}
@@ -103,22 +101,15 @@ def certify_json(cfg, out, quiet=False):
       "confidence": cfg["confidence"], "mode": "per-eta",
       "epsilon": cfg["epsilon"], "train_size": cfg["train_size"],
       "test_size": victims["clean"]["test_size"],
-      "curves": {m: certified[m]["curve"] for m in METHODS},
-      "largest_certified_eta": {m: certified[m]["largest_certified_eta"]
-                                for m in METHODS},
-      "victim_accuracy": {m: v["victim_accuracy"]
-                          for m, v in victims.items()},
-      "victim_accuracy_per_seed": {m: v["victim_accuracy_per_seed"]
-                                   for m, v in victims.items()},
-      "recovery": {m: r["recovery"] for m, r in recovered.items()},
-      "recovery_theta0_accuracy": {m: r["theta0_accuracy"]
-                                   for m, r in recovered.items()},
-      "accuracy_summary": {m: certified[m]["accuracy_summary"]
-                           for m in METHODS},
-      "draws_per_second": {m: certified[m]["draws_per_second"]
-                           for m in METHODS},
-      "sigma_sweep": {"clean": sweep}, "craft": crafted,
-  }
+      "curves": pick(certified, "curve"),
+      "largest_certified_eta": pick(certified, "largest_certified_eta"),
+      "victim_accuracy": pick(victims, "victim_accuracy"),
+      "victim_accuracy_per_seed": pick(victims, "victim_accuracy_per_seed"),
+      "recovery": pick(recovered, "recovery"),
+      "recovery_theta0_accuracy": pick(recovered, "theta0_accuracy"),
+      "accuracy_summary": pick(certified, "accuracy_summary"),
+      "draws_per_second": pick(certified, "draws_per_second"),
+      "sigma_sweep": {"clean": sweep}, "craft": crafted}
 
 
 def certify_cpu_json(cfg, out, quiet=False):
@@ -127,9 +118,9 @@ def certify_cpu_json(cfg, out, quiet=False):
   folder = surrogate(cfg, out, "em-classwise", cpu["epsilon"], quiet=quiet)
   name = f"em-classwise-{round(cpu['epsilon'] * 255)}_255"
   return certify.run(certify.Config(
-      models=(str(folder),), names=(name,),
-      sigma=cpu["sigma"], draws=cpu["draws"], sigma_sweep=(),
-      test_size=cfg["test_size"], quiet=quiet), out / "certify-cpu")
+      models=(str(folder),), names=(name,), sigma=cpu["sigma"],
+      draws=cpu["draws"], sigma_sweep=(), test_size=cfg["test_size"],
+      quiet=quiet), out / "certify-cpu")
 
 
 def main(argv=None):

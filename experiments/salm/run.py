@@ -23,10 +23,10 @@ from jaxue import models, noise, runs, salm, train
 from jaxue.pipelines import _common, _figures
 
 CONFIG = {
-    "full": {"train_size": 4000, "test_size": None, "epsilon": 16 / 255,
+    "full": {"train_size": 2000, "test_size": None, "epsilon": 16 / 255,
              "widths": [16, 32, 64], "epochs": 8, "seeds": 2,
-             "pgd_steps": 10, "max_rounds": 10,
-             "rhos": [0.05, 0.1, 0.2, 0.5], "mask_rho": 0.1, "seed": 0},
+             "pgd_steps": 20, "max_rounds": 8,
+             "rhos": [0.05, 0.2, 0.5], "mask_rho": 0.2, "seed": 0},
     "smoke": {"train_size": 200, "test_size": 200, "widths": [4, 8, 8],
               "epochs": 1, "seeds": 1, "max_rounds": 1, "rhos": [0.1]},
 }
@@ -97,7 +97,6 @@ def main(argv=None):
                       (flat * (x.reshape(len(x), -1) > 0)).sum()
                       / max(flat.sum(), 1e-12)))
     runs.write_json(path, cell)
-    print(name, cell["per_seed"], flush=True)
     return cell
 
   cells, crafting = {"clean": victims("clean", None)}, {}
@@ -121,8 +120,7 @@ def main(argv=None):
       "salm_settings": {k: s._asdict() for k, s in settings.items()},
       "pixels_per_image": {k: salm.pixel_count(s.rho, data.image_shape)
                            for k, s in settings.items()},
-      "epsilon": cfg["epsilon"], "config": cfg,
-      "model": {"name": "small_cnn", "widths": cfg["widths"]},
+      "epsilon": cfg["epsilon"], "config": cfg, "model": "small_cnn",
       "command": " ".join(["python"] + sys.argv),
       "jaxue_version": jaxue.__version__}
   acc = results["victim_accuracy"]
@@ -133,6 +131,8 @@ def main(argv=None):
           [(r, acc[f"em-l2-of-salm-{r}"]) for r in cfg["rhos"]]}
   for rule in ("fixed", "intensity", "restrict"):
     series[f"SALM {rule}"] = [(rho, acc[f"salm-{rho}-{rule}"])]
+  series["EM at SALM restrict's L2"] = [
+      (rho, acc[f"em-l2-of-salm-{rho}-restrict"])]
   series["clean"] = [(min(cfg["rhos"]), acc["clean"]), (1.0, acc["clean"])]
   _figures.line_plot(args.out / "salm.png", series, logx=True,
                      xlabel="mask fraction rho",

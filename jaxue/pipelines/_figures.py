@@ -72,14 +72,14 @@ def accuracy_curves(path: str | os.PathLike,
   """Per-epoch test accuracy per method; several seeds as thin lines around
   their mean."""
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
-  for i, (name, runs) in enumerate(curves.items()):
+  for i, (name, seeds) in enumerate(curves.items()):
     color = f"C{i}"
-    runs = np.asarray(runs, dtype=float)
-    epochs = np.arange(1, runs.shape[1] + 1)
-    if len(runs) > 1:
-      for run in runs:
+    seeds = np.asarray(seeds, dtype=float)
+    epochs = np.arange(1, seeds.shape[1] + 1)
+    if len(seeds) > 1:
+      for run in seeds:
         ax.plot(epochs, run, color=color, alpha=0.3, lw=0.8)
-    ax.plot(epochs, runs.mean(0), color=color, lw=2, label=name, marker="o",
+    ax.plot(epochs, seeds.mean(0), color=color, lw=2, label=name, marker="o",
             ms=3)
   ax.set_xlabel("epoch")
   ax.set_ylabel("clean test accuracy")

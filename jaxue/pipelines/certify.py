@@ -14,19 +14,41 @@ refused), its first --test-size images.
 For every model: a short sigma sweep (mean, range and q-quantile of the
 smoothed accuracy over --sweep-draws draws per sigma, to choose sigma: the
 paper's 0.25 drives a small CNN to chance), then N = --draws Monte-Carlo
-accuracies at --sigma and the certified learnability over the eta grid.
+accuracies at --sigma and two certificates over the eta grid, side by side:
+the (q, eta) quantile certificate (the paper's; it abstains where N is too
+small) and the expected-learnability certificate (a bound on the expected
+smoothed accuracy of every model within eta, from an upper confidence bound
+U on the mean accuracy, --mean-bound: Salman et al., NeurIPS 2019, Lemma 2;
+Waudby-Smith & Ramdas, JRSS-B 2024; one confidence for the whole curve,
+never abstains). See docs/certificates.md.
 Draw i of a model uses fold_in(k, i), k the first key of split(key(seed));
 the sweep uses the second key and the same directions at every sigma.
 
+Certifying a target (--target-eta E): draws are made in segments and looked
+at after --draws, 2x, 4x, ... draws up to --draws-max (a schedule fixed in
+advance); the run stops at the first look where the --target-bound
+certificate at E exists (and is <= --target-value, if given). The quantile
+certificate is taken at the per-look confidence 1 - (1 - c)/J over the J
+looks (alpha-spending, Bonferroni), the expected one from the betting
+confidence sequence (anytime-valid), so both hold with confidence c at the
+stopping look. results.json records every look.
+
+Planning (--plan): times --sweep-draws draws per model and prints, per eta,
+the draws each certificate kind needs and their time here (plan.json);
+nothing else is computed.
+
 Writes in --out:
-  results.json                 per model: the curve (null = abstains), the
+  results.json                 per model: both curves (null = abstains), the
                                largest certified eta, accuracy summary,
-                               draws/s, the sigma sweep; the draws N needed
-                               per eta
-  certificates/NAME.json       the certificate, with the model's sha256 and
-                               the test set's fingerprint
-  certificates/NAME.npz        the N accuracies (with their sha256)
-  certified_learnability.png   the whole eta grid; 'x' marks abstentions
+                               draws/s, the sigma sweep, the looks; the
+                               draws N needed per eta
+  certificates/NAME.json       the self-contained certificate: sha256 of the
+                               smoothed parameters, of the test set and of
+                               the jaxue sources; key, sigma, N, q, c, the
+                               bounds and eta grid (`jaxue verify`)
+  certificates/NAME.npz        the N accuracies in draw order (sha256)
+  certified_learnability.png   the whole eta grid, quantile solid, expected
+                               dashed; 'x' marks abstentions
   sigma_sweep.png              smoothed accuracy against sigma
   report.md                    every number printed
   draws/NAME/, sweep/NAME/     resume state
@@ -379,7 +401,7 @@ def _from_writer(accuracies: np.ndarray, num_images: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------ one model
-class _Model:
+class CertifiedModel:
   """One model to certify: where it lives and what it is."""
 
   def __init__(self, name: str, path: pathlib.Path):
@@ -398,7 +420,7 @@ def params_sha256(variables: Mapping[str, Any]) -> str:
   return runs.sha256_arrays(runs.flatten(variables["params"]))
 
 
-def _sample(config: Config, mesh, m: _Model, key: jax.Array, test,
+def _sample(config: Config, mesh, m: CertifiedModel, key: jax.Array, test,
             sigma: float, first: int, count: int) -> np.ndarray:
   return certify.sample_accuracies(
       key, m.model.apply, m.variables, *test, sigma=sigma, num_draws=count,
@@ -407,7 +429,7 @@ def _sample(config: Config, mesh, m: _Model, key: jax.Array, test,
       mesh=mesh)
 
 
-def _sweep(config: Config, run: runs.Run | None, mesh, m: _Model,
+def _sweep(config: Config, run: runs.Run | None, mesh, m: CertifiedModel,
            key: jax.Array, test, base: Mapping[str, Any]
            ) -> dict[float, dict[str, float]]:
   """The sigma sweep of one model; each sigma is a stage (cached)."""
@@ -444,7 +466,7 @@ def _check_meta(meta: Mapping[str, Any], base: Mapping[str, Any],
                           "--overwrite or another --out")
 
 
-def _look(config: Config, accuracies: np.ndarray, num_looks: int
+def target_look(config: Config, accuracies: np.ndarray, num_looks: int
           ) -> certify.Look:
   return certify.check_target(
       accuracies, eta=config.target_eta, q=config.q, sigma=config.sigma,
@@ -453,7 +475,7 @@ def _look(config: Config, accuracies: np.ndarray, num_looks: int
       method=config.mean_bound)
 
 
-def _draws(config: Config, run: runs.Run | None, mesh, m: _Model,
+def _draws(config: Config, run: runs.Run | None, mesh, m: CertifiedModel,
            key: jax.Array, test, base: Mapping[str, Any], say
            ) -> tuple[np.ndarray, float, int, list[certify.Look]]:
   """The accuracies at sigma, resumed from the last saved segment.
@@ -494,7 +516,7 @@ def _draws(config: Config, run: runs.Run | None, mesh, m: _Model,
   stopped = False
   pending = list(schedule or ())
   while pending and pending[0] <= len(acc) and not stopped:
-    looks.append(_look(config, acc[:pending.pop(0)], len(schedule)))
+    looks.append(target_look(config, acc[:pending.pop(0)], len(schedule)))
     stopped = looks[-1].certified
   if stopped:
     acc = acc[:looks[-1].draws]
@@ -525,19 +547,19 @@ def _draws(config: Config, run: runs.Run | None, mesh, m: _Model,
       bar.update(count)
       if pending and len(acc) == pending[0]:
         pending.pop(0)
-        looks.append(_look(config, acc, len(schedule)))
+        looks.append(target_look(config, acc, len(schedule)))
         stopped = looks[-1].certified
         look = looks[-1]
         say(f"{m.name}: look {len(looks)}/{len(schedule)} at {look.draws} "
             f"draws: eta {config.target_eta:g}: quantile "
-            f"{_value(look.quantile)}, expected {look.expected:.4f}" +
+            f"{format_value(look.quantile)}, expected {look.expected:.4f}" +
             (" -> certified" if stopped else ""))
   if stage is not None and not stage.done and (len(acc) >= n or stopped):
     stage.finish({"draws": len(acc), "seconds": round(seconds, 3)})
   return acc, seconds, max(len(acc) - done, 0), looks
 
 
-def _value(v: float | None) -> str:
+def format_value(v: float | None) -> str:
   return "abstain" if v is None else f"{v:.4f}"
 
 
@@ -578,7 +600,7 @@ def certificate_bounds(config: Config, accuracies: np.ndarray
   return curve, expected
 
 
-def _certify_model(config: Config, run: runs.Run | None, mesh, m: _Model,
+def certify_model(config: Config, run: runs.Run | None, mesh, m: CertifiedModel,
                    test, test_fingerprint: Mapping[str, Any], say
                    ) -> dict[str, Any]:
   """Sweep, draws and certificate of one model (writes its certificate)."""
@@ -721,7 +743,7 @@ def run(config: Config, workdir, *, overwrite: bool = False
 
   with timer("load"):
     found = find_models(config.models, config.names)
-    loaded = [_Model(name, path) for name, path in found]
+    loaded = [CertifiedModel(name, path) for name, path in found]
     dataset = dataset_of({m.name: (m.path, m.description) for m in loaded},
                          config.dataset)
     info = data_lib.get_info(dataset)
@@ -749,7 +771,7 @@ def run(config: Config, workdir, *, overwrite: bool = False
   done = {}
   for m in loaded:
     with timer(f"certify_{m.file}"):
-      done[m.name] = _certify_model(config, run_dir, mesh, m, test,
+      done[m.name] = certify_model(config, run_dir, mesh, m, test,
                                     test_fingerprint, say)
 
   if config.sigma_sweep:
@@ -787,12 +809,12 @@ def run(config: Config, workdir, *, overwrite: bool = False
       f"({config.mean_bound}, confidence {first['expected'].confidence:g} "
       "for the whole curve). Lower is better for the data owner.")
   rows = [[f"{eta:g}"] + [v for r in done.values() for v in (
-      _value(r["curve"].values[i]), f"{r['expected'].values[i]:.4f}")]
+      format_value(r["curve"].values[i]), f"{r['expected'].values[i]:.4f}")]
           for i, eta in enumerate(config.etas)]
   rows.append(["largest eta"] + [v for r in done.values() for v in (
       "-" if r["curve"].largest_certified_eta is None
       else f"{r['curve'].largest_certified_eta:g}",
-      _eta_text(r["record"]["expected"]["largest_eta_below_1"]))])
+      format_eta(r["record"]["expected"]["largest_eta_below_1"]))])
   rows.append(["upper mean U", *[v for r in done.values() for v in (
       "", f"{r['expected'].upper_mean:.4f}")]])
   say(_common.format_table(rows, ["eta"] + [
@@ -872,7 +894,7 @@ def _report(config: Config, lines: Sequence[str]) -> str:
           "\n".join(lines).strip("\n") + "\n```\n")
 
 
-def _eta_text(eta: float | None) -> str:
+def format_eta(eta: float | None) -> str:
   return "-" if eta is None else f"{eta:g}"
 
 
@@ -960,7 +982,7 @@ def _plan(config: Config, run_dir: runs.Run | None, mesh, loaded, test,
               float(np.mean(pilot)), sigma=config.sigma, eta=eta),
       }
       if config.target_value is not None:
-        n = max(config.draws, 2)
+        n = 16  # Powers of 2 from here: the forecast's resolution.
         while n <= _PLAN_MAX_SIMULATED and certify.expected_level(
             upper(n), sigma=config.sigma, eta=eta) > config.target_value:
           n *= 2

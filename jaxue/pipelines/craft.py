@@ -30,6 +30,19 @@ provably unlearnable, Wang et al. 2025, robust to weight noise up to
 dataset's standard augmentation unless ``--no-surrogate-augment``; targeted
 to (y + 1) mod C), ``random`` (uniform in the L-inf ball).
 
+``salm-samplewise`` (sparse local masking, Sun et al. 2024, reconstructed:
+EM whose PGD step moves only each image's top ``--salm-rho`` pixels, chosen
+by ``--salm-mask``; it takes the EM flags and resumes as EM does) and
+``bayes-error`` (Zhang et al. 2025: sign ascent of a kernel Bayes-error
+estimate through ``--feature-map`` features, ``--ascent-steps`` steps,
+checkpointed every ``--retrain-every``); ``uge`` (ungeneralizable
+examples, Ye & Wang 2024, reconstructed from the abstract: a generator
+trained against the authorised ``--model`` with gradient matching, a
+feature distance in a frozen ``--encoder-model`` trained on a disjoint
+clean split of ``--encoder-size`` images, and an undistillation term;
+``encoder/`` keeps the encoder, ``models/surrogate/`` the authorised
+network; checkpointed every round).
+
 Model-free baselines, whose budgets are not the L-inf ``--epsilon``:
 ``ops`` (One-Pixel Shortcut, Wu et al. 2023: one pixel per image), ``ar``
 (autoregressive perturbations, Sandoval-Segura et al. 2022: L2 norm
@@ -60,15 +73,23 @@ from jaxue import noise as noise_lib
 from jaxue import pue as pue_lib
 from jaxue import rem as rem_lib
 from jaxue import runs
+from jaxue import bayes_error as bayes_lib
+from jaxue import salm as salm_lib
 from jaxue import train
+from jaxue import uge as uge_lib
 from jaxue.pipelines import _common
 from jaxue.pipelines import options
 from jaxue.pipelines.options import option
 
 METHODS = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
            "rem", "error-max", "error-max-targeted", "random", "ops", "ar",
-           "lsp")
-EM_PUE = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise")
+           "lsp", "salm-samplewise", "bayes-error", "uge")
+# The methods crafted by jaxue.noise.craft (SALM: EM with a masked step).
+EM_PUE = ("em-samplewise", "em-classwise", "pue-classwise", "pue-samplewise",
+          "salm-samplewise")
+SALM = ("salm-samplewise",)
+BAYES = ("bayes-error",)
+UGE = ("uge",)
 PUE = ("pue-classwise", "pue-samplewise")
 ERROR_MAX = ("error-max", "error-max-targeted")
 # Methods crafted without a surrogate.
@@ -88,6 +109,11 @@ APPLIES_TO = {
     "clean_epochs": ERROR_MAX, "surrogate_augment": ERROR_MAX,
     "l2_epsilon": ("ar", "lsp"), "patch_size": ("lsp",),
     "ar_min_response": ("ar",),
+    "salm_rho": SALM, "salm_mask": SALM, "salm_restrict": SALM,
+    "ascent_steps": BAYES, "feature_map": BAYES, "retrain_every": BAYES,
+    "feature_epochs": BAYES, "kernel_sigma": BAYES, "bayes_init": BAYES,
+    "encoder_model": UGE, "encoder_widths": UGE, "encoder_size": UGE,
+    "encoder_epochs": UGE, "uge_rounds": UGE, "uge_steps": UGE,
 }
 _POS = options.optional(options.positive_int)
 _NONNEG = options.optional(options.nonnegative_int)
@@ -97,6 +123,12 @@ def _stop_error(value: Any) -> str | None:
   if value is None or (options.unit_interval(value) is None and value < 1):
     return None
   return f"must be a number in [0, 1), got {value!r}"
+
+
+def _fraction(value: Any) -> str | None:
+  if options.unit_interval(value) is None and value > 0:
+    return None
+  return f"must be a number in (0, 1], got {value!r}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +220,62 @@ class Config:
       None, "ar: distinctness bound of the AR processes (default 10 for up "
       "to 10 classes, else 3)", parse=float,
       check=options.optional(options.positive_float))
+  # SALM.
+  salm_rho: float | None = option(
+      None, "salm: fraction of each image's pixels the noise may change "
+      "(default 0.1; 1 is EM)", parse=options.parse_fraction,
+      check=options.optional(_fraction))
+  salm_mask: str | None = option(
+      None, "salm: how the pixels are chosen (default grad-topk-per-step)",
+      choices=salm_lib.MASKS)
+  salm_restrict: bool = option(
+      False, "salm: also zero the noise outside the current mask, so each "
+      "image keeps at most rho of its pixels changed")
+  # Bayes-error.
+  ascent_steps: int | None = option(
+      None, "bayes-error: sign-ascent steps (default 100)", parse=int,
+      check=_NONNEG)
+  feature_map: str | None = option(
+      None, "bayes-error: features of the estimate: a network retrained on "
+      "the current release, one trained on clean data, or PCA (default "
+      "retrain)", choices=bayes_lib.FEATURES)
+  retrain_every: int | None = option(
+      None, "bayes-error: steps per feature network and checkpoint (default "
+      "10)", parse=int, check=_POS)
+  feature_epochs: int | None = option(
+      None, "bayes-error: epochs of each feature network (default 3)",
+      parse=int, check=_POS)
+  kernel_sigma: float | None = option(
+      None, "bayes-error: kernel width of the Bayes-error estimate (default "
+      "0.3)", parse=options.parse_fraction,
+      check=options.optional(options.positive_float))
+  bayes_init: str | None = option(
+      None, "bayes-error: start from zero or from the class-centroid step "
+      "(default zero)", choices=bayes_lib.INITS)
+  # UGE.
+  encoder_model: str | None = option(
+      None, "uge: architecture of the frozen feature encoder (default "
+      "small_cnn_flat, or small_cnn when --model is small_cnn_flat)",
+      choices=models.MODELS)
+  encoder_widths: tuple[int, ...] | None = option(
+      None, "uge: the encoder's widths (default: --widths for the small "
+      "CNNs, the published ones for resnet18)",
+      parse=options.parse_int_list,
+      check=options.optional(options.each(options.positive_int)),
+      metavar="W,W,W")
+  encoder_size: int | None = option(
+      None, "uge: images of the encoder's clean split, disjoint from the "
+      "release's (default: as many as the release, at most what is left)",
+      parse=int, check=_POS)
+  encoder_epochs: int | None = option(
+      None, "uge: training epochs of the encoder (default 10)", parse=int,
+      check=_POS)
+  uge_rounds: int | None = option(
+      None, "uge: re-initialisations of the authorised network (default "
+      "10)", parse=int, check=_POS)
+  uge_steps: int | None = option(
+      None, "uge: generator steps per round (default 50)", parse=int,
+      check=_POS)
   seed: int = options.seed()
   data_parallel: bool = option(
       False, "split every training and crafting batch over all devices of "
@@ -258,7 +346,48 @@ def resolved(config: Config) -> Config:
   if method == "lsp":
     default("l2_epsilon", baselines.lsp_default_epsilon(info.image_shape))
     default("patch_size", baselines.lsp_default_patch_size(info.image_shape))
+  if method in SALM:
+    default("salm_rho", salm_lib.SALMConfig().rho)
+    default("salm_mask", salm_lib.SALMConfig().mask)
+  if method in BAYES:
+    library = bayes_lib.BayesConfig()
+    default("ascent_steps", library.steps)
+    default("feature_map", library.features)
+    default("retrain_every", library.retrain_every)
+    default("feature_epochs", library.feature_epochs)
+    default("kernel_sigma", library.sigma)
+    default("bayes_init", library.init)
+  if method in UGE:
+    default("encoder_model", "small_cnn" if config.model == "small_cnn_flat"
+            else "small_cnn_flat")
+    encoder = changes.get("encoder_model", config.encoder_model)
+    if encoder != "resnet18" and config.model != "resnet18":
+      default("encoder_widths", config.widths)
+    default("encoder_epochs", 10)
+    default("uge_rounds", uge_lib.UGEConfig().rounds)
+    default("uge_steps", uge_lib.UGEConfig().steps)
   return dataclasses.replace(config, **changes)
+
+
+def salm_config(config: Config) -> salm_lib.SALMConfig:
+  """The `SALMConfig` of a resolved SALM config."""
+  return salm_lib.SALMConfig(rho=config.salm_rho, mask=config.salm_mask,
+                             restrict=config.salm_restrict)
+
+
+def bayes_config(config: Config) -> bayes_lib.BayesConfig:
+  """The `BayesConfig` of a resolved bayes-error config."""
+  return bayes_lib.BayesConfig(
+      epsilon=config.epsilon, steps=config.ascent_steps,
+      sigma=config.kernel_sigma, features=config.feature_map,
+      retrain_every=config.retrain_every,
+      feature_epochs=config.feature_epochs, init=config.bayes_init)
+
+
+def uge_config(config: Config) -> uge_lib.UGEConfig:
+  """The `UGEConfig` of a resolved UGE config."""
+  return uge_lib.UGEConfig(epsilon=config.epsilon, rounds=config.uge_rounds,
+                           steps=config.uge_steps)
 
 
 def em_config(config: Config) -> noise_lib.EMConfig:
@@ -294,16 +423,31 @@ def _mode(method: str) -> str:
   return "classwise" if method in _common.CLASSWISE else "samplewise"
 
 
-def _check_method_settings(config: Config, data: _common.Data) -> None:
+def check_method_settings(config: Config, data: _common.Data) -> None:
   """Library-level checks of a resolved config, before the run directory
   is touched (a typo must not leave a run with the wrong settings)."""
   if config.method in EM_PUE:
     em_config(config).resolved()
     if config.method in PUE:
       pue_config(config).check()
+    if config.method in SALM:
+      salm_config(config).check()
   elif config.method == "rem":
     rem_config(config).resolved()
-  if config.method in EM_PUE + ("rem",) and len(data.train[1]) < 128:
+  elif config.method in BAYES:
+    bayes_config(config).resolved()
+  elif config.method in UGE:
+    uge_config(config).resolved()
+    total = len(data_lib.load(data.name, "train", config.data_dir)[1])
+    left = total - len(data.train[1])
+    if left < 128:
+      raise ValueError(
+          "--method uge trains its encoder on a clean split disjoint from "
+          f"the release, but --train-size {len(data.train[1])} leaves "
+          f"{left} training images: give a smaller --train-size")
+  if (config.method in EM_PUE + ("rem",) or (
+      config.method in BAYES and config.feature_map != "pca")) and len(
+          data.train[1]) < 128:
     raise ValueError(f"--train-size {len(data.train[1])} is below the "
                      f"surrogate batch of 128 images that {config.method} "
                      "needs")
@@ -334,7 +478,7 @@ def run(config: Config, workdir: str | pathlib.Path, *,
     data = _common.load_data(config.dataset, config.data_dir,
                              config.train_size, config.seed,
                              config.test_size)
-  _check_method_settings(config, data)
+  check_method_settings(config, data)
   out = pathlib.Path(workdir)
   run_dir = runs.Run(out, "craft", options.fingerprinted(config),
                      overwrite=overwrite)
@@ -360,16 +504,21 @@ def run(config: Config, workdir: str | pathlib.Path, *,
                   "widths": list(config.widths) if config.widths else None}
   with timer("craft"), _common.device_scope(config.data_parallel):
     if config.method in MODEL_FREE:
-      result = _craft_model_free(config, data, craft_key)
+      result = craft_model_free(config, data, craft_key)
       summary = _model_free_summary(config, result)
     else:
       model = models.make_model(**model_spec)
       if config.method in EM_PUE:
-        result, summary = _craft_em(config, data, model, stage, init_key,
+        result, summary = craft_em(config, data, model, stage, init_key,
                                     craft_key)
       elif config.method == "rem":
         result, summary = _craft_rem(config, data, model, stage, init_key,
                                      craft_key)
+      elif config.method in BAYES:
+        result, summary = _craft_bayes(config, data, model, stage, craft_key)
+      elif config.method in UGE:
+        result, summary = _craft_uge(config, data, model_spec, run_dir,
+                                     stage, out, init_key, craft_key)
       else:
         result, summary = _craft_error_max(config, data, model, init_key)
 
@@ -460,7 +609,7 @@ def _model_free_summary(config: Config, result: noise_lib.CraftResult
   return {}
 
 
-def _craft_model_free(config: Config, data: _common.Data,
+def craft_model_free(config: Config, data: _common.Data,
                       key: jax.Array) -> noise_lib.CraftResult:
   """Random noise and the OPS / AR / LSP baselines: no surrogate."""
   x_train, y_train = data.train
@@ -505,7 +654,7 @@ def _progress(config: Config, label: str) -> bool | str:
   return False if config.quiet else label
 
 
-def _craft_em(config: Config, data: _common.Data, model: models.Model,
+def craft_em(config: Config, data: _common.Data, model: models.Model,
               stage: runs.Stage, init_key: jax.Array, craft_key: jax.Array
               ) -> tuple[noise_lib.CraftResult, dict[str, Any]]:
   """EM / PUE crafting with a checkpoint after every round."""
@@ -533,6 +682,15 @@ def _craft_em(config: Config, data: _common.Data, model: models.Model,
 
   robust = (pue_lib.pue_steps(cfg, pue_config(config))
             if config.method in PUE else {})
+  if config.method in SALM:
+    salm = salm_config(config)
+    saliency = None
+    if salm.mask == "grad-topk-fixed":
+      # Retrained on resume: deterministic in the seed.
+      saliency = salm_lib.train_saliency_model(
+          jax.random.fold_in(craft_key, 1), model, x_train, y_train,
+          epochs=salm.saliency_epochs)
+    robust = salm_lib.salm_steps(cfg, salm, saliency=saliency)
   result = noise_lib.craft(
       craft_key, surrogate, x_train, y_train, cfg,
       num_classes=data.num_classes, **robust, noise=noise,
@@ -546,6 +704,11 @@ def _craft_em(config: Config, data: _common.Data, model: models.Model,
              "resumed_from_round": start_round}
   if config.method in PUE:
     summary["pue"] = pue_config(config)._asdict()
+  if config.method in SALM:
+    summary["salm"] = salm_config(config)._asdict()
+    summary["pixels_per_image"] = salm_lib.pixel_count(config.salm_rho,
+                                                       data.image_shape)
+    summary["noise_sparsity"] = salm_lib.noise_sparsity(result.noise)
   _common.log(config.quiet, f"{len(accuracy)} rounds; surrogate accuracy on "
               f"noisy data {accuracy[-1] if accuracy else float('nan'):.3f}"
               f" ({'converged' if result.converged else 'NOT converged'})")
@@ -610,4 +773,133 @@ def _craft_error_max(config: Config, data: _common.Data, model: models.Model,
              if k not in ("method", "mode")}
   _common.log(config.quiet, "clean surrogate: test accuracy "
               f"{summary['surrogate_test_accuracy']:.3f}")
+  return result, summary
+
+
+def _craft_bayes(config: Config, data: _common.Data, model: models.Model,
+                 stage: runs.Stage, craft_key: jax.Array
+                 ) -> tuple[noise_lib.CraftResult, dict[str, Any]]:
+  """Bayes-error ascent with a checkpoint (the noise) every
+  ``--retrain-every`` steps; a resumed run retrains that block's feature
+  network from the saved noise with the same key."""
+  x_train, y_train = data.train
+  cfg = bayes_config(config)
+  restored = stage.checkpoints().restore(
+      {"noise": np.zeros(x_train.shape, np.float32)})
+  start_step, noise, history = 0, None, None
+  if restored is not None:
+    start_step, tree, meta = restored
+    noise, history = tree["noise"], meta["history"]
+    _common.log(config.quiet, f"resuming after step {start_step} "
+                f"({stage.path / 'ckpt'})")
+  checkpoints = stage.checkpoints()
+
+  def on_block(step, noise, history):
+    runs.fault_point("craft:round")
+    checkpoints.save(step, {"noise": noise}, {"step": step,
+                                              "history": history})
+
+  result = bayes_lib.bayes_error_noise(
+      craft_key, model, x_train, y_train, num_classes=data.num_classes,
+      cfg=cfg, noise=noise, start_step=start_step, history=history,
+      on_block=on_block, progress=_progress(config, "craft bayes-error"))
+  summary = {"bayes_error": result.history["bayes_error"],
+             "final_bayes_error": result.info["final_bayes_error"],
+             "feature_train_accuracy":
+                 result.history["feature_train_accuracy"],
+             "step_seconds": result.history["seconds"],
+             "config": result.info["config"],
+             "resumed_from_step": start_step}
+  _common.log(config.quiet, f"{cfg.steps} ascent steps; Bayes-error "
+              f"estimate {result.info['final_bayes_error']:.4f}")
+  return result, summary
+
+
+def _uge_encoder(config: Config, data: _common.Data, run_dir: runs.Run,
+                 out: pathlib.Path, key: jax.Array
+                 ) -> tuple[uge_lib.Encoder, dict[str, Any]]:
+  """The frozen encoder: trained (once: ``encoder/``) on a stratified clean
+  split disjoint from the release's images."""
+  spec = {"name": config.encoder_model, "num_classes": data.num_classes,
+          "widths": list(config.encoder_widths) if config.encoder_widths
+          else None}
+  x_all, y_all = data_lib.load(data.name, "train", config.data_dir)
+  rest = np.setdiff1d(np.arange(len(y_all)), data.indices)
+  size = min(config.encoder_size or len(data.indices), len(rest))
+  pick = np.asarray(data_lib.stratified_subset(
+      jax.random.fold_in(key, 1), y_all[rest], size,
+      num_classes=data.num_classes)) if size < len(rest) else np.arange(
+          len(rest))
+  indices = rest[pick]
+  x_enc, y_enc = x_all[indices], y_all[indices]
+  fingerprint = runs.dataset_fingerprint(data.name, "train", x_enc, y_enc)
+  stage = run_dir.stage("encoder", {"model": spec,
+                                    "epochs": config.encoder_epochs,
+                                    "data": fingerprint["sha256"]})
+  if not stage.done:
+    model = models.make_model(**spec)
+    state, history = train.train_victim(
+        jax.random.fold_in(key, 2), model, x_enc, y_enc, test=data.test,
+        epochs=config.encoder_epochs,
+        augment=data_lib.default_augmentation(data.image_shape),
+        progress=_progress(config, "uge encoder"))
+    runs.save_arrays(out / "encoder" / "train_indices.npz",
+                     {"train_indices": indices}, meta={"dataset": fingerprint})
+    runs.save_model(out / "encoder", state.variables, model=spec,
+                    input_shape=data.image_shape, dataset=fingerprint,
+                    extra={"role": "uge encoder"})
+    stage.finish({"model": spec, "train_size": int(size),
+                  "test_accuracy": history["test_accuracy"][-1]})
+  model, variables, _ = runs.load_model(out / "encoder", dataset=fingerprint)
+  summary = dict(stage.result())
+  _common.log(config.quiet, f"uge encoder {model.name}: test accuracy "
+              f"{summary['test_accuracy']:.3f} ({size} disjoint images)")
+  return uge_lib.penultimate(model, variables), summary
+
+
+def _craft_uge(config: Config, data: _common.Data, model_spec: dict,
+               run_dir: runs.Run, stage: runs.Stage, out: pathlib.Path,
+               init_key: jax.Array, craft_key: jax.Array
+               ) -> tuple[noise_lib.CraftResult, dict[str, Any]]:
+  """UGE: the encoder, then the generator with a checkpoint every round."""
+  x_train, y_train = data.train
+  encoder, encoder_summary = _uge_encoder(config, data, run_dir, out,
+                                          init_key)
+  # im2col: gradient matching needs second-order gradients (same function).
+  model = models.make_model(**model_spec, conv_impl="im2col")
+  cfg = uge_config(config).resolved()
+  generator = uge_lib.make_generator(cfg, data.image_shape[-1])
+  like_params = generator.init(jax.random.key(0),
+                               np.zeros((1,) + data.image_shape, np.float32))[
+                                   "params"]
+  like_net = train.create_train_state(
+      jax.random.key(0), model, data.image_shape,
+      uge_lib._network_optimizer(cfg.network_lr))
+  like = {"generator": like_params,
+          "generator_opt": uge_lib._adam(cfg.generator_lr).init(like_params),
+          "network": _state_tree(like_net)}
+  resume: dict[str, Any] = {}
+  restored = stage.checkpoints().restore(like)
+  if restored is not None:
+    last, tree, meta = restored
+    resume = {"start_round": last + 1, "history": meta["history"],
+              "generator_state": (tree["generator"], tree["generator_opt"]),
+              "network": like_net.replace(**tree["network"])}
+    _common.log(config.quiet, f"resuming after round {last} "
+                f"({stage.path / 'ckpt'})")
+  checkpoints = stage.checkpoints()
+
+  def on_round(r, gen_params, gen_opt, net, history):
+    runs.fault_point("craft:round")
+    checkpoints.save(r, {"generator": gen_params, "generator_opt": gen_opt,
+                         "network": _state_tree(net)},
+                     {"round": r, "history": history})
+
+  result = uge_lib.ungeneralizable_examples(
+      craft_key, model, x_train, y_train, num_classes=data.num_classes,
+      encoder=encoder, config=cfg, on_round=on_round,
+      progress=_progress(config, "craft uge"), **resume)
+  summary = {"encoder": encoder_summary, "config": result.info["config"],
+             "history": result.history,
+             "resumed_from_round": resume.get("start_round", 0)}
   return result, summary

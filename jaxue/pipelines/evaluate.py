@@ -444,7 +444,7 @@ def run(config: Config, workdir: str | pathlib.Path, *,
           test=(x_test, y_test), epochs=config.epochs,
           batch_size=config.batch_size, learning_rate=config.learning_rate,
           augment=augment, mix=defence.mix, adversarial=adversarial,
-          repeats=defence.repeats,
+          repeats=defence.repeats, allow_float=defence.project is not None,
           progress=False if config.quiet else f"victim seed {k}")
       runs.save_model(
           out / "models" / f"victim-seed{k}", state.variables,

@@ -71,15 +71,6 @@ STUDY = "experiments/pue_vs_em_certification/"
 FIGURES = ("samples.png", "victim_curves.png")
 CERT_FIGURE = "certified_learnability.png"
 
-# The craft and certify pipelines' stage helpers, so that the quickstart's
-# noise and certificates are theirs, bit for bit.
-# pylint: disable=protected-access
-_craft_em = craft_pipeline._craft_em
-_craft_model_free = craft_pipeline._craft_model_free
-_check_method_settings = craft_pipeline._check_method_settings
-_certify_model = certify_pipeline._certify_model
-_CertifiedModel = certify_pipeline._Model
-# pylint: enable=protected-access
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +152,11 @@ def _craft(run: runs.Run, cfg: craft_pipeline.Config, data: _common.Data,
   init_key, craft_key = jax.random.split(jax.random.key(cfg.seed))
   with timer(f"craft {method}"):
     if method in craft_pipeline.MODEL_FREE:
-      result = _craft_model_free(cfg, data, craft_key)
+      result = craft_pipeline.craft_model_free(cfg, data, craft_key)
       summary: dict[str, Any] = {}
     else:
-      result, summary = _craft_em(cfg, data, model, stage, init_key,
-                                  craft_key)
+      result, summary = craft_pipeline.craft_em(cfg, data, model, stage,
+                                                init_key, craft_key)
   mode = result.info.get("mode") or (
       "classwise" if method in _common.CLASSWISE else "samplewise")
   delta = np.asarray(result.noise, np.float32)
@@ -256,13 +247,14 @@ def _certify(config: Config, run: runs.Run, method: str,
       models=(str(run.path / "models" / method),), sigma=config.sigma,
       draws=config.draws, q=config.q, confidence=config.confidence,
       sigma_sweep=(), seed=config.seed, quiet=config.quiet)
-  saved = _CertifiedModel(method, run.path / "models" / method)
+  saved = certify_pipeline.CertifiedModel(method,
+                                          run.path / "models" / method)
   # The loaded model is rebuilt from the same spec; the shared one reuses
   # its compilations (a model's functions are jit cache keys).
   saved.model = model
   with timer(f"certify {method}"):
-    done = _certify_model(cfg, run, _common.draw_mesh(), saved, test,
-                          test_fingerprint, say)
+    done = certify_pipeline.certify_model(cfg, run, _common.draw_mesh(),
+                                          saved, test, test_fingerprint, say)
   record = dict(done["record"])
   record.pop("sigma_sweep", None)
   record["seconds"] = timer.seconds[f"certify {method}"]
@@ -295,7 +287,7 @@ def run(config: Config, workdir: str | pathlib.Path, *,
   craft_configs = {m: _craft_config(config, m, epsilon)
                    for m in ["random"] + crafted}
   for cfg in craft_configs.values():
-    _check_method_settings(cfg, data)
+    craft_pipeline.check_method_settings(cfg, data)
   out = pathlib.Path(workdir)
   # The resolved epsilon is recorded: the default and 32/255 given
   # explicitly are the same run, another epsilon is refused.

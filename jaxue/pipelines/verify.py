@@ -46,6 +46,10 @@ from jaxue.pipelines import certify
 from jaxue.pipelines import options
 from jaxue.pipelines.options import option
 
+# The certify pipeline's look and formatting helpers, so that verification
+# recomputes exactly what certify computed.
+# pylint: disable=protected-access
+
 # Verification writes nothing unless --out is given.
 DEFAULT_OUT = ""
 CROSS_BACKEND_TOLERANCE = 0.002
@@ -161,8 +165,8 @@ def check_bounds(cert: dict[str, Any], acc: np.ndarray) -> list[str]:
       quantile["ranks"]):
     if rank != want_rank or not _same(value, want, exact=True):
       _fail(f"the quantile bound at eta {eta:g} recomputes to "
-            f"{certify._value(value)} (rank {rank}) from the stored "
-            f"accuracies, the certificate says {certify._value(want)} "
+            f"{certify.format_value(value)} (rank {rank}) from the stored "
+            f"accuracies, the certificate says {certify.format_value(want)} "
             f"(rank {want_rank})")
   recorded = cert["bounds"]["expected"]
   if not _same(expected.upper_mean, recorded["upper_mean"], exact=False):
@@ -175,7 +179,7 @@ def check_bounds(cert: dict[str, Any], acc: np.ndarray) -> list[str]:
       _fail(f"the expected bound at eta {eta:g} recomputes to "
             f"{value:.6f}, the certificate says {want:.6f}")
   lines = [f"quantile curve: {len(curve.etas)} etas recomputed (largest "
-           f"certified eta {certify._eta_text(curve.largest_certified_eta)})",
+           f"certified eta {certify.format_eta(curve.largest_certified_eta)})",
            f"expected curve: U = {expected.upper_mean:.4f} "
            f"({expected.method}) recomputed"]
   seq = cert.get("sequential")
@@ -188,7 +192,7 @@ def check_bounds(cert: dict[str, Any], acc: np.ndarray) -> list[str]:
     for n in schedule:
       if n > len(acc):
         break
-      looks.append(certify._look(config, acc[:n], len(schedule)))
+      looks.append(certify.target_look(config, acc[:n], len(schedule)))
       if looks[-1].certified:
         break
     if len(looks) != len(seq["looks"]):
