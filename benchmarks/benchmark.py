@@ -98,7 +98,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxue import certify
-from jaxue import checkpoint
+from jaxue import runs
 from jaxue import models
 from jaxue import noise as noise_lib
 from jaxue import pue as pue_lib
@@ -985,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   }
   out["config"].pop("sizes", None)
   out["device"] = out["device"] + _cpu_model()
-  checkpoint.write_json(args.out / "results.json", out)
+  runs.write_json(args.out / "results.json", out)
   print(f"\nwrote {args.out / 'results.json'} "
         f"({out['seconds_total']:.0f} s)")
   return out

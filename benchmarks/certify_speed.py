@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxue import certify
-from jaxue import checkpoint
+from jaxue import runs
 from jaxue import models
 
 # A sibling: the script runs by path, with this folder first on sys.path.
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "gflops": best["gflops"]}
   out = {"test_size": args.test_size, "draws": args.draws,
          "models": results, **common.metadata(args, __file__, argv)}
-  checkpoint.write_json(args.out / "results.json", out)
+  runs.write_json(args.out / "results.json", out)
   return out
 
 

@@ -18,8 +18,9 @@ Writes to the run directory ``--out``:
   for certification and recovery; absent for the model-free methods.
 * ``results.json``: budget, noise norms, the crafting history, timings.
 * ``craft/``: the stage's record; while crafting, ``craft/ckpt/`` holds a
-  kill-safe checkpoint after every EM/PUE round and every
-  ``--checkpoint-every`` REM units. Rerunning the same command resumes from
+  kill-safe checkpoint after every EM/PUE/SALM round, every
+  ``--checkpoint-every`` REM units and every ``--retrain-every``
+  Bayes-error steps. Rerunning the same command resumes from
   it, bit for bit; a finished run returns its results at once.
 
 Methods: ``em-*`` / ``pue-*`` (error-minimizing, Huang et al. 2021;
