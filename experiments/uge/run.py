@@ -2,16 +2,11 @@
 
     python experiments/uge/run.py --out runs/uge
 
-`jaxue craft --method uge` (a reconstruction of Ye & Wang, CVPR 2024, from
-its abstract) on a 4,000-image Fashion-MNIST subset at 16/255, authorised
-small CNN 16/32/64, frozen encoder a ResNet-18 8/16/32/64 trained on a
-disjoint clean 4,000-image split; then `jaxue evaluate` victims (8 epochs,
-2 seeds) of the authorised architecture and of unauthorised ones (the small
-CNN with a flattened head, a narrower small CNN, and the encoder's own
-ResNet-18) on the release and on the clean subset, and students distilled
-(`jaxue.uge.distill`, T = 4) from the authorised victim trained on the
-release. Writes ``--out/uge.json`` and ``--out/uge.png``; every run is a
-resumable run directory under ``--out``.
+`jaxue craft --method uge` (reconstructed from the abstract; CONFIG), then
+`jaxue evaluate` victims of the authorised and unauthorised architectures
+on the release and on clean data, students distilled from the authorised
+victim, and an ablation without gradient matching. Writes --out/uge.json
+and --out/uge.png; every step is cached under --out.
 """
 
 import argparse
@@ -27,26 +22,35 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxue import data, models, runs, uge  # noqa: E402
+from jaxue import data, models, noise, runs, train, uge  # noqa: E402
 from jaxue.pipelines import craft, evaluate  # noqa: E402
 
 CONFIG = {
     "full": {"train_size": 4000, "test_size": None, "epsilon": 16 / 255,
              "widths": [16, 32, 64], "encoder": ["resnet18", [8, 16, 32, 64]],
-             "encoder_epochs": 8, "rounds": 8, "steps": 40, "epochs": 8,
-             "seeds": 2,
+             "encoder_epochs": 8, "rounds": 8, "steps": 40, "seeds": 2,
+             "epochs": 8,
              "victims": {"authorised small_cnn": ["small_cnn", [16, 32, 64]],
                          "small_cnn_flat": ["small_cnn_flat", [16, 32, 64]],
                          "small_cnn narrow": ["small_cnn", [8, 16, 32]],
                          "resnet18 (encoder's)": ["resnet18", [8, 16, 32, 64]]},
-             "students": ["small_cnn_flat", "resnet18 (encoder's)"]},
+             "students": ["small_cnn_flat", "resnet18 (encoder's)"],
+             "ablation": ["authorised small_cnn", "small_cnn_flat",
+                          "small_cnn narrow"]},
     "smoke": {"train_size": 256, "test_size": 200, "widths": [4, 8, 8],
               "encoder": ["small_cnn_flat", [4, 8, 8]], "encoder_epochs": 1,
-              "rounds": 1, "steps": 2, "epochs": 1, "seeds": 1,
-              "victims": {"authorised small_cnn": ["small_cnn", [4, 8, 8]],
-                          "small_cnn_flat": ["small_cnn_flat", [4, 8, 8]]},
-              "students": ["small_cnn_flat"]},
+              "rounds": 1, "steps": 2, "epochs": 1, "seeds": 1, "victims": {
+                  "authorised small_cnn": ["small_cnn", [4, 8, 8]],
+                  "small_cnn_flat": ["small_cnn_flat", [4, 8, 8]]},
+              "students": ["small_cnn_flat"], "ablation": ["small_cnn_flat"]},
 }
+
+
+def cached(path, make):
+  """A JSON result computed once (a rerun reads it back)."""
+  if not path.exists():
+    runs.write_json(path, make())
+  return runs.read_json(path)
 
 
 def main(argv=None):
@@ -75,56 +79,64 @@ def main(argv=None):
           epochs=cfg["epochs"], seeds=cfg["seeds"], quiet=args.quiet),
           args.out / f"victims-{tag}-{source}")
       rows.setdefault(name, {})[source] = result["victim_accuracy_per_seed"]
-      print(name, source, np.round(result["victim_accuracy_per_seed"], 3),
-            f"{time.time() - start:.0f} s", flush=True)
   # Distillation: the authorised victim trained on the release teaches.
   release, _ = runs.load_arrays(args.out / "craft" / "release.npz")
   test = tuple(a[:cfg["test_size"]] for a in data.load("fashion_mnist",
                                                         "test"))
-  teacher_dir = args.out / "victims-authorised-release/models/victim-seed0"
-  teacher, teacher_variables, _ = runs.load_model(teacher_dir)
+  teacher, teacher_variables, _ = runs.load_model(
+      args.out / "victims-authorised-release/models/victim-seed0")
   for name in cfg["students"]:
-    model, widths = cfg["victims"][name]
-    path = args.out / f"distill-{name.split(' ')[0]}.json"
-    if not path.exists():
-      accs = []
-      for seed in range(cfg["seeds"]):
-        _, history = uge.distill(
-            jax.random.key(100 + seed), teacher.apply, teacher_variables,
-            models.make_model(model, widths=tuple(widths)),
-            release["images"], release["labels"], test=test,
-            epochs=cfg["epochs"], progress=not args.quiet)
-        accs.append(history["test_accuracy"][-1])
-      runs.write_json(path, accs)
-    rows[name]["distilled"] = runs.read_json(path)
-    print(name, "distilled", np.round(rows[name]["distilled"], 3), flush=True)
+    student = models.make_model(cfg["victims"][name][0],
+                                widths=cfg["victims"][name][1])
+    rows[name]["distilled"] = cached(
+        args.out / f"distill-{name.split(' ')[0]}.json",
+        lambda: [uge.distill(
+            jax.random.key(100 + k), teacher.apply, teacher_variables,
+            student, release["images"], release["labels"], test=test,
+            epochs=cfg["epochs"], progress=not args.quiet)[1][
+                "test_accuracy"][-1] for k in range(cfg["seeds"])])
+  # Ablation without gradient matching: the craft run's key, encoder, data.
+  x, y = (a[release["train_indices"]] for a in data.load("fashion_mnist",
+                                                          "train"))
+  if not (args.out / "no-gm.npz").exists():
+    encoder = uge.penultimate(*runs.load_model(args.out / "craft/encoder")[:2])
+    result = uge.ungeneralizable_examples(
+        jax.random.split(jax.random.key(0))[1], models.make_model(
+            "small_cnn", widths=tuple(cfg["widths"]), conv_impl="im2col"),
+        x, y, num_classes=10, encoder=encoder, epsilon=cfg["epsilon"],
+        rounds=cfg["rounds"], steps=cfg["steps"], lam_gm=0.0,
+        progress=not args.quiet)
+    runs.save_arrays(args.out / "no-gm.npz", {"images": noise.release(
+        x, y, result.noise, mode="samplewise")})
+  no_gm = runs.load_arrays(args.out / "no-gm.npz")[0]["images"]
+  for name in cfg["ablation"]:
+    victim = models.make_model(cfg["victims"][name][0],
+                               widths=cfg["victims"][name][1])
+    rows[name]["release without gm"] = cached(
+        args.out / f"no-gm-{name.replace(' ', '-')}.json",
+        lambda: [train.train_victim(
+            jax.random.fold_in(jax.random.key(0), k), victim, no_gm, y,
+            test=test, epochs=cfg["epochs"], progress=False)[1][
+                "test_accuracy"][-1] for k in range(cfg["seeds"])])
   auth = np.asarray(rows["authorised small_cnn"]["release"])
   summary = {}
-  for name, row in rows.items():
-    rel, cln = np.asarray(row["release"]), np.asarray(row["clean"])
-    summary[name] = {
-        "release": float(rel.mean()), "release_spread": float(np.ptp(rel)),
-        "clean": float(cln.mean()), "clean_spread": float(np.ptp(cln)),
-        "drop": float(cln.mean() - rel.mean()),
-        # Per seed: authorised victim k against this architecture's k.
-        "authorised_minus_this": (auth - rel).tolist(),
-        "gap_mean": float((auth - rel).mean()),
-        "gap_spread": float(np.ptp(auth - rel)),
-        "distilled": row.get("distilled")}
-    print(f"{name:24s} release {rel.mean():.3f}±{np.ptp(rel) / 2:.3f} clean "
-          f"{cln.mean():.3f} drop {cln.mean() - rel.mean():+.3f} gap "
-          f"{(auth - rel).mean():+.3f}")
+  for name, row in rows.items():  # Seed k of each against authorised k.
+    gap = auth - np.asarray(row["release"])
+    summary[name] = {**row, "drop": float(np.mean(row["clean"]) - np.mean(
+        row["release"])), "authorised_minus_this": gap.tolist(),
+                     "gap_mean": float(gap.mean()),
+                     "gap_spread": float(np.ptp(gap))}
   fig, ax = plt.subplots(figsize=(8, 3.8))
-  names = list(rows)
-  xs = np.arange(len(names))
-  for i, key in enumerate(("clean", "release", "distilled")):
+  names, xs = list(rows), np.arange(len(rows))
+  for i, key in enumerate(("clean", "release", "release without gm",
+                           "distilled")):
     vals = [rows[n].get(key) or [np.nan] for n in names]
-    ax.bar(xs + 0.27 * (i - 1), [np.mean(v) for v in vals], 0.27,
+    ax.bar(xs + 0.2 * (i - 1.5), [np.mean(v) for v in vals], 0.2,
            yerr=[np.ptp(v) / 2 for v in vals], label=key)
   ax.set(xticks=xs, ylabel="clean test accuracy", ylim=(0, 1),
          title="UGE release: authorised vs unauthorised victims")
   ax.set_xticklabels(names, fontsize=8)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(args.out / "uge.png", dpi=120)
   runs.write_json(args.out / "uge.json", {
