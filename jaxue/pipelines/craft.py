@@ -900,7 +900,9 @@ def _craft_uge(config: Config, data: _common.Data, model_spec: dict,
       craft_key, model, x_train, y_train, num_classes=data.num_classes,
       encoder=encoder, config=cfg, on_round=on_round,
       progress=_progress(config, "craft uge"), **resume)
-  summary = {"encoder": encoder_summary, "config": result.info["config"],
+  summary = {"method_status": "reconstructed from the paper's abstract: "
+             "every loss form and weight is jaxue's (jaxue.uge)",
+             "encoder": encoder_summary, "config": result.info["config"],
              "history": result.history,
              "resumed_from_round": resume.get("start_round", 0)}
   return result, summary
