@@ -14,7 +14,8 @@ import numpy as np
 from jaxue import runs
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def save(fig, path: str | os.PathLike) -> None:
+  """Writes ``fig`` to ``path`` as a PNG, atomically, and closes it."""
   try:
     with runs.atomic_path(path, suffix=".png") as tmp:
       fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
@@ -63,7 +64,7 @@ def image_grid(path: str | os.PathLike, clean: np.ndarray,
         ax.set_title(title, fontsize=7)
       if c == 0:
         ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-  _save(fig, path)
+  save(fig, path)
 
 
 def accuracy_curves(path: str | os.PathLike,
@@ -87,7 +88,7 @@ def accuracy_curves(path: str | os.PathLike,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title, fontsize=9)
-  _save(fig, path)
+  save(fig, path)
 
 
 def line_plot(path: str | os.PathLike,
@@ -110,7 +111,7 @@ def line_plot(path: str | os.PathLike,
     ax.legend(fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)
-  _save(fig, path)
+  save(fig, path)
 
 
 def heatmap(path: str | os.PathLike, values: np.ndarray, *,
@@ -133,7 +134,7 @@ def heatmap(path: str | os.PathLike, values: np.ndarray, *,
   fig.colorbar(image, ax=ax, fraction=0.04)
   if title:
     ax.set_title(title)
-  _save(fig, path)
+  save(fig, path)
 
 
 def certified_curves(path: str | os.PathLike,
@@ -185,4 +186,4 @@ def certified_curves(path: str | os.PathLike,
     ax.legend(fontsize=8)
   if title:
     ax.set_title(title, fontsize=9)
-  _save(fig, path)
+  save(fig, path)

@@ -2,11 +2,9 @@
 integrity of checkpoints, config refusal and one-line flag errors."""
 
 import dataclasses
-import gzip
 import json
 import os
 import pathlib
-import struct
 import subprocess
 import sys
 
@@ -20,24 +18,9 @@ from jaxue import runs
 from jaxue import train
 from jaxue.pipelines import craft
 
+from . import fakes
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def fake_idx_dir(path, n_train=240, n_test=60):
-  """A tiny Fashion-MNIST-shaped IDX dataset (gz) with a class-dependent
-  bright bar, so that it is learnable in a few steps."""
-  path.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for c in range(10):
-      images[labels == c, 2 * c + 2: 2 * c + 5, 4:24] = 220
-    with gzip.open(path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-  return path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +30,7 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp):
-  return fake_idx_dir(tmp / "data")
+  return fakes.fake_idx_dir(tmp / "data")
 
 
 def _common_flags(data_dir):

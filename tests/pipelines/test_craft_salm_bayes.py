@@ -3,9 +3,7 @@ EM's release bit for bit, sparse SALM records its sparsity, a Bayes-error
 run interrupted after a block resumes to the uninterrupted result, and the
 methods' flags are refused elsewhere in one line."""
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
@@ -14,23 +12,8 @@ from jaxue import cli
 from jaxue import runs
 from jaxue.pipelines import craft
 
+from . import fakes
 
-def _fake_idx_dir(path, n_train=200, n_test=40):
-  """A tiny Fashion-MNIST-shaped IDX dataset: a black background with a
-  class-dependent bright bar."""
-  path.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = np.zeros((n, 28, 28), np.uint8)
-    images[:, 6:22, 6:22] = rng.integers(0, 60, (n, 16, 16))
-    for c in range(10):
-      images[labels == c, c + 6: c + 8, 6:22] = 220
-    with gzip.open(path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-  return path
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +23,8 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp):
-  return _fake_idx_dir(tmp / "data")
+  return fakes.fake_idx_dir(tmp / "data", n_train=200, n_test=40,
+                                noise_max=60, black_background=True)
 
 
 def _config(data_dir, **kwargs):

@@ -1,8 +1,6 @@
 """`jaxue craft --method uge`: the encoder on a disjoint split, the files,
 resume after a lost round to the uninterrupted result, one-line errors."""
 
-import gzip
-import struct
 
 import numpy as np
 import pytest
@@ -11,21 +9,8 @@ from jaxue import cli
 from jaxue import runs
 from jaxue.pipelines import craft
 
+from . import fakes
 
-def _fake_idx_dir(path, n_train=400, n_test=40):
-  """A tiny Fashion-MNIST-shaped IDX dataset with a class-dependent bar."""
-  path.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-    for c in range(10):
-      images[labels == c, 2 * c + 2: 2 * c + 5, 4:24] = 220
-    with gzip.open(path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-  return path
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +20,8 @@ def tmp(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp):
-  return _fake_idx_dir(tmp / "data")
+  return fakes.fake_idx_dir(tmp / "data", n_train=400, n_test=40,
+                                noise_max=60)
 
 
 def _config(data_dir, **kwargs):

@@ -1,10 +1,7 @@
 """`jaxue evaluate`: victims on a release, its integrity checks, defences,
 per-seed resume and one-line errors."""
 
-import gzip
 import json
-import pathlib
-import struct
 
 import jax
 import numpy as np
@@ -16,26 +13,9 @@ from jaxue import train
 from jaxue.pipelines import craft
 from jaxue.pipelines import evaluate
 
+from . import fakes
+
 TINY = dict(widths=(4, 8, 8), epochs=1, quiet=True)
-
-
-def fake_idx_dir(path: pathlib.Path, n_train=240, n_test=60, invert=False):
-  """A tiny Fashion-MNIST-shaped IDX dataset (gz) with a class-dependent
-  bright bar; ``invert`` gives other images of the same shape."""
-  path.mkdir(parents=True, exist_ok=True)
-  rng = np.random.default_rng(0)
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for c in range(10):
-      images[labels == c, 2 * c + 2: 2 * c + 5, 4:24] = 220
-    if invert:
-      images = 255 - images
-    with gzip.open(path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
-    with gzip.open(path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-      f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
-  return path
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +23,10 @@ def setup(tmp_path_factory):
   """A fake dataset, a random-noise release of 200 of its images (a craft
   run directory) and a second dataset of other images."""
   tmp = tmp_path_factory.mktemp("evaluate")
-  data_dir = fake_idx_dir(tmp / "data")
+  data_dir = fakes.fake_idx_dir(tmp / "data")
   craft.run(craft.Config(method="random", data_dir=str(data_dir),
                          train_size=200, quiet=True), tmp / "release")
-  other = fake_idx_dir(tmp / "other", invert=True)
+  other = fakes.fake_idx_dir(tmp / "other", invert=True)
   return tmp, data_dir, other
 
 
