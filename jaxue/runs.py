@@ -448,6 +448,9 @@ def load_model(path: PathLike, *, dataset: Mapping[str, Any] | None = None):
 
 # ---------------------------------------------------------------------- runs
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """The settings that differ, one phrase each. A setting that ``old`` does
+  not record counts as None (an option added later, left at its default
+  None, keeps earlier runs valid)."""
   keys = sorted(set(old) | set(new))
   return [f"{k} {json.dumps(new.get(k))} (the run has "
           f"{json.dumps(old.get(k))})"
@@ -468,8 +471,8 @@ class Stage:
     stage_file = path / STAGE_FILE
     if stage_file.exists():
       saved = read_json(stage_file)
-      if saved.get("config") != self.config:
-        diffs = _differences(saved.get("config", {}), self.config)
+      diffs = _differences(saved.get("config", {}), self.config)
+      if diffs:
         raise RunError(f"{path} was made with other settings: "
                        f"{'; '.join(diffs)}; use --overwrite or another "
                        "--out")
@@ -548,8 +551,8 @@ class Run:
     if saved.get("kind") != self.kind:
       raise RunError(f"{self.path} holds a {saved.get('kind')} run, not a "
                      f"{self.kind} run; choose another directory")
-    if saved.get("config") != self.config:
-      diffs = _differences(saved.get("config", {}), self.config)
+    diffs = _differences(saved.get("config", {}), self.config)
+    if diffs:
       raise RunError(f"{self.path} holds a {self.kind} run with other "
                      f"settings: {'; '.join(diffs)}; rerun with --overwrite "
                      "to start afresh, or choose another --out")

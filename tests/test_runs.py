@@ -35,6 +35,18 @@ def test_run_records_config_and_refuses_other_settings(tmp_path):
   assert fresh.config["epsilon"] == 16 / 255
 
 
+def test_an_option_added_later_keeps_earlier_runs_at_its_default(tmp_path):
+  runs.Run(tmp_path / "r", "craft", {"seed": 0})
+  runs.Run(tmp_path / "r", "craft", {"seed": 0, "new_option": None})
+  with pytest.raises(runs.RunError, match=r"new_option 3 \(the run has null"):
+    runs.Run(tmp_path / "r", "craft", {"seed": 0, "new_option": 3})
+  run = runs.Run(tmp_path / "s", "craft", {})
+  run.stage("cell", {"method": "em"})
+  run.stage("cell", {"method": "em", "added": None})
+  with pytest.raises(runs.RunError, match="added true"):
+    run.stage("cell", {"method": "em", "added": True})
+
+
 def test_run_never_deletes_foreign_files(tmp_path):
   (tmp_path / "mine.txt").write_text("precious")
   with pytest.raises(runs.RunError, match="holds no jaxue run"):
