@@ -1,6 +1,6 @@
 """The Unlearnable Distance of jaxue's releases (Ye, Su & Qian, 2025).
 
-    python experiments/unlearnable_distance/run.py --out runs/ud
+    python experiments/unlearnable_distance/run.py --out runs/unlearnable_distance
 
 Crafts each release with `jaxue craft` (a 2,000-image Fashion-MNIST subset,
 16/255 for the L-inf methods), trains a fresh small CNN on it with SAL

@@ -67,7 +67,7 @@ METHODS = ("em-classwise", "em-samplewise")
 PUE = "pue-classwise"
 FASHION_MNIST_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-STUDY = "experiments/pue_vs_em_certification/"
+STUDY = "experiments/pue_vs_em/"
 FIGURES = ("samples.png", "victim_curves.png")
 CERT_FIGURE = "certified_learnability.png"
 
@@ -465,7 +465,7 @@ def comparison_line(certification: Mapping[str, Any] | None,
                     method: str) -> str:
   """One sentence: was PUE's certified learnability below EM's in this run
   (at the smallest eta both certify)?"""
-  where = (f"The published-size comparison lives in the study {STUDY} (see "
+  where = (f"Over seeds and PUE draw counts, see the study {STUDY} (and "
            "docs/results.md).")
   if certification is None:
     return f"PUE against EM: not certified in this run (--no-certify). {where}"

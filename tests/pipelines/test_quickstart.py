@@ -80,7 +80,7 @@ def test_writes_every_file_and_the_report(quick):
   assert report.count("abstains") >= 2 * len(certify_lib.DEFAULT_ETAS)
   assert "largest certified eta" in report
   assert "PUE against EM" in report
-  assert "experiments/pue_vs_em_certification/" in report
+  assert "experiments/pue_vs_em/" in report
   assert "docs/results.md" in report
   for name, acc in saved["victim_accuracy"].items():
     assert f"{acc:.4f}" in report, name
