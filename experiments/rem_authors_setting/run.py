@@ -101,6 +101,7 @@ def main(argv=None):
       rows[key][seed] = victims(cfg, out / f"{key}-{seed}-victims", source,
                                 seed, rho_a)
       diagnostics[f"{key}-{seed}"] = saturation(source["release"], rho_u)
+  report(args, cfg, rows, diagnostics, search)
   for u, a in cfg["search"]:
     print(f"search: rho_u {u}/255, rho_a {a}/255", flush=True)
     name = f"rem-u{u}-a{a}"
@@ -109,23 +110,26 @@ def main(argv=None):
                                 cfg["search_adv_epochs"]),
                         rho_u=u, rho_a=a,
                         saturation=saturation(source["release"], u))
-  summary = {k: {kind: [float(np.mean([v[s][kind][0] for s in v])),
-                        float(np.std([v[s][kind][0] for s in v]))]
+    report(args, cfg, rows, diagnostics, search)
+
+
+def report(args, cfg, rows, diagnostics, search):
+  """Writes results.json and rem.png with what is done so far."""
+  summary = {k: {kind: [float(f(np.concatenate([v[s][kind][2] for s in v])))
+                        for f in (np.mean, np.std)]  # Over all victims.
                  for kind in ("standard", "adversarial")}
              for k, v in rows.items()}
-  results = runs.jsonable({
+  args.results.mkdir(parents=True, exist_ok=True)
+  runs.write_json(args.results / "results.json", runs.jsonable({
       "command": " ".join(["python"] + sys.argv), "config": cfg,
       "jaxue_version": jaxue.__version__, "reported": REPORTED,
       "summary": summary, "per_seed": rows, "saturation": diagnostics,
-      "search": search})
-  args.results.mkdir(parents=True, exist_ok=True)
-  runs.write_json(args.results / "results.json", results)
+      "search": search}))
   figure(summary, search, args.results / "rem.png")
   for k, v in {**summary, **search}.items():
     print(f"{k}: standard {v['standard'][0]:.3f} +- {v['standard'][1]:.3f}"
           f", adversarial {v['adversarial'][0]:.3f} +- "
-          f"{v['adversarial'][1]:.3f}")
-  return results
+          f"{v['adversarial'][1]:.3f}", flush=True)
 
 
 def figure(summary, search, path):
