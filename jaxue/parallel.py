@@ -56,13 +56,9 @@ def request_cpu_devices(num_devices: int | None = None) -> bool:
 
   Each CPU device runs its computations on its own thread, sharing one pool
   of worker threads, so computations placed on different devices -- the
-  shards of `jaxue.certify.sample_accuracies` over a draw mesh -- overlap.
-  On 2 cores, certification draws of the small CNN over 10,000 test images
-  ran 1.06-1.65x faster sharded over 2 CPU devices than on one (8 paired
-  processes; same accuracies; README, "Speed against the PyTorch
-  reference"). An SGD step placed on one device was no slower with a
-  second device present. Accelerators are unaffected: this only sets how
-  many CPU devices JAX creates.
+  shards of `jaxue.certify.sample_accuracies` over a draw mesh -- overlap
+  (measured in docs/performance.md). Accelerators are unaffected: this only
+  sets how many CPU devices JAX creates.
 
   Must run before JAX's first computation (the count is fixed when the CPU
   backend starts). It changes nothing, and returns False, when the backend
