@@ -102,14 +102,14 @@ def main(argv=None):
                                 seed, rho_a)
       diagnostics[f"{key}-{seed}"] = saturation(source["release"], rho_u)
   report(args, cfg, rows, diagnostics, search)
-  for u, a in cfg["search"]:
+  # Then clean data (rho_u 0) with the search's victims, for reference.
+  for u, a in cfg["search"] + [[0, a] for a in {a for _, a in cfg["search"]}]:
     print(f"search: rho_u {u}/255, rho_a {a}/255", flush=True)
-    name = f"rem-u{u}-a{a}"
-    source = crafted(cfg, out / name, "rem", 0, u, a)
+    name = f"rem-u{u}-a{a}" if u else f"clean-a{a}"
+    source = crafted(cfg, out / name, "rem", 0, u, a) if u else {"clean": True}
     search[name] = dict(victims(cfg, out / f"{name}-victims", source, 0, a,
-                                cfg["search_adv_epochs"]),
-                        rho_u=u, rho_a=a,
-                        saturation=saturation(source["release"], u))
+                                cfg["search_adv_epochs"]), rho_u=u, rho_a=a,
+                        saturation=u and saturation(source["release"], u))
     report(args, cfg, rows, diagnostics, search)
 
 
