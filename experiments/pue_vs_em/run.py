@@ -62,8 +62,7 @@ def one_seed(cfg, seed, out):
         names=tuple(group), draws=cfg["draws"], sigma_sweep=(),
         test_size=cfg["certify_test_size"], sigma=cfg["sigma"], seed=seed,
         quiet=True), out / f"certify{'' if stop is None else stop}")["models"])
-  names = list(rel)
-  for name in ["clean"] + names:
+  for name in ["clean", *rel]:
     print(f"seed {seed}: (certified) victim {name}", flush=True)
     source = ({"clean": True, "train_size": cfg["train_size"]}
               if name == "clean" else {"release": str(out / name)})
@@ -71,7 +70,7 @@ def one_seed(cfg, seed, out):
         epochs=cfg["epochs"], seeds=1, seed=seed, widths=cfg["widths"],
         quiet=True, **source), out / f"victim-{name}")["victim_accuracy"]
   record = {"victim_accuracy": victims, "models": {}}
-  for name in names:
+  for name in rel:
     made, certified = crafted[name], cert[name]
     record["models"][name] = {
         "noisy_accuracy": made["craft"]["noisy_accuracy"],
