@@ -15,14 +15,10 @@ import sys
 import time
 
 import jax
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from jaxue import data, models, noise, runs, train, uge  # noqa: E402
-from jaxue.pipelines import craft, evaluate  # noqa: E402
+from jaxue import data, models, noise, runs, train, uge
+from jaxue.pipelines import _figures, craft, evaluate
 
 CONFIG = {
     "full": {"train_size": 4000, "test_size": None, "epsilon": 16 / 255,
@@ -126,7 +122,7 @@ def main(argv=None):
     summary[name] = {**row, "drop": float(np.mean(row["clean"]) - np.mean(
         row["release"])), "authorised_minus_this": gap.tolist(),
         "gap_mean": float(gap.mean()), "gap_spread": float(np.ptp(gap))}
-  fig, ax = plt.subplots(figsize=(8, 3.8))
+  fig, ax = _figures.plt.subplots(figsize=(8, 3.8))
   names, xs = list(rows), np.arange(len(rows))
   for i, key in enumerate(["clean", "release", *(
       f"release {t}" for t in cfg["ablations"]), "distilled"]):
@@ -137,7 +133,7 @@ def main(argv=None):
          title="UGE release: authorised vs unauthorised victims")
   ax.set_xticklabels(names, fontsize=8)
   ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-  fig.savefig(args.out / "uge.png", dpi=120, bbox_inches="tight")
+  _figures.save(fig, args.out / "uge.png")
   runs.write_json(args.out / "uge.json", {
       "method_status": "reconstructed from the paper's abstract (no code)",
       "command": " ".join(["python"] + sys.argv), "config": cfg,
